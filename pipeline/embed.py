@@ -1,0 +1,186 @@
+"""The embed stage: images in, L2-normalised embeddings and ImageNet class probabilities out.
+
+The backbone comes from the model registry (:mod:`pipeline.backbones`). Building one means
+reading a torch checkpoint (the offline default) or downloading weights (the others), so the
+built model is cached once as a ``.keras`` file in ``settings.model_dir``; later processes load
+that file, online or not. Inference goes through one ``tf.function`` with a fixed input signature:
+``model.predict`` re-creates its data pipeline on every call (half the throughput at batch 32
+here), and a ``tf.function`` without a signature would retrace for every new batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+import zipfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+from pipeline.backbones import DEFAULT_MODEL, ModelSpec, get_spec
+from pipeline.settings import get_settings
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
+
+log = logging.getLogger(__name__)
+
+# Resizing a 1-pixel-high banner so its short side is 256 would allocate gigabytes; beyond this
+# aspect ratio only the centre crop's source region is resampled (equal up to rounding).
+_MAX_ASPECT_RATIO = 8
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One batch's outputs, row ``i`` for input image ``i``."""
+
+    embeddings: np.ndarray  # float32 (N, dim), unit L2 norm: cosine similarity is a dot product
+    probabilities: np.ndarray  # float32 (N, num_classes), softmax over the ImageNet-1k classes
+
+
+def preprocess(image: Image.Image, spec: ModelSpec) -> np.ndarray:
+    """The input ``spec``'s model expects for one image: uint8 ``(image_size, image_size, 3)`` RGB.
+
+    Mirrors torchvision's ``Resize(resize_size)`` + ``CenterCrop(image_size)`` on PIL images
+    exactly (same output size arithmetic, PIL bilinear with antialiasing, same crop rounding),
+    which is how the ImageNet accuracy of the weights was measured. A plain function, so decode
+    workers can prepare images without loading the model.
+    """
+    if image.mode != "RGB":
+        image = image.convert("RGB")
+    width, height = image.size
+    short, long = sorted(image.size)
+    new_short, new_long = spec.resize_size, int(spec.resize_size * long / short)
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    crop = spec.image_size
+    left, top = round((new_w - crop) / 2.0), round((new_h - crop) / 2.0)
+    if long > _MAX_ASPECT_RATIO * short:
+        sx, sy = width / new_w, height / new_h
+        box = (left * sx, top * sy, (left + crop) * sx, (top + crop) * sy)
+        return np.array(image.resize((crop, crop), Image.Resampling.BILINEAR, box=box))
+    if (new_w, new_h) != (width, height):
+        image = image.resize((new_w, new_h), Image.Resampling.BILINEAR)
+    return np.array(image.crop((left, top, left + crop, top + crop)))
+
+
+class Embedder:
+    """A loaded backbone with its preprocessing; build one with :meth:`load` or
+    :func:`get_embedder`."""
+
+    def __init__(self, spec: ModelSpec, model: keras.Model) -> None:
+        import tensorflow as tf
+
+        self.spec = spec
+        self.model = model
+        size = spec.image_size
+        self._infer = tf.function(
+            self._forward,
+            input_signature=[tf.TensorSpec((None, size, size, 3), tf.float32)],
+            autograph=False,
+        )
+
+    @classmethod
+    def load(cls, spec: ModelSpec, model_dir: Path) -> Embedder:
+        """The backbone from the ``.keras`` cache in ``model_dir``, converting it on first use."""
+        return cls(spec, _load_or_convert(spec, model_dir))
+
+    @property
+    def model_id(self) -> str:
+        """``name@version``, recorded with every stored embedding."""
+        return self.spec.model_id
+
+    def preprocess(self, image: Image.Image) -> np.ndarray:
+        """The model input for one image (see :func:`preprocess`)."""
+        return preprocess(image, self.spec)
+
+    def predict(self, batch: np.ndarray) -> Prediction:
+        """Embeddings and class probabilities for a batch of preprocessed images.
+
+        ``batch``: ``(N, image_size, image_size, 3)`` 0-255 RGB, uint8 or float.
+        """
+        size = self.spec.image_size
+        batch = np.asarray(batch)
+        if batch.ndim != 4 or batch.shape[1:] != (size, size, 3):
+            raise ValueError(f"expected a batch of shape (N, {size}, {size}, 3), got {batch.shape}")
+        if len(batch) == 0:
+            return Prediction(
+                np.zeros((0, self.spec.dim), np.float32),
+                np.zeros((0, self.spec.num_classes), np.float32),
+            )
+        embeddings, probabilities = self._infer(batch.astype(np.float32, copy=False))
+        return Prediction(embeddings.numpy(), probabilities.numpy())
+
+    def _forward(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        import tensorflow as tf
+
+        features, probabilities = self.model(images, training=False)
+        return tf.math.l2_normalize(features, axis=1), probabilities
+
+
+def model_path(spec: ModelSpec, model_dir: Path) -> Path:
+    """Where the converted model is cached; the version in the name invalidates old copies."""
+    return model_dir / f"{spec.name}-v{spec.version}.keras"
+
+
+def _load_or_convert(spec: ModelSpec, model_dir: Path) -> keras.Model:
+    import keras
+
+    path = model_path(spec, model_dir)
+    if path.is_file():
+        try:
+            return keras.saving.load_model(str(path), compile=False)
+        except (OSError, ValueError, TypeError, zipfile.BadZipFile) as exc:
+            # e.g. written by an incompatible Keras version: convert again
+            log.warning("cannot load cached model %s (%s); converting it again", path, exc)
+    log.info("converting %s into %s (once)", spec.model_id, path)
+    try:
+        model = spec.build()
+    except Exception as exc:
+        if spec.offline:
+            raise
+        raise RuntimeError(
+            f"building {spec.model_id} failed; it downloads its weights on first use, so it "
+            f"needs internet access once (the offline default is {DEFAULT_MODEL!r})"
+        ) from exc
+    _save_atomically(model, path)
+    return model
+
+
+def _save_atomically(model: keras.Model, path: Path) -> None:
+    """Write to a temporary file beside ``path``, then rename: concurrent processes see either
+    no file or a complete one, never a half-written one."""
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex}.tmp.keras")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model.save(str(tmp))
+        os.replace(tmp, path)
+    except OSError as exc:  # a read-only cache only costs speed: keep the model in memory
+        log.warning("cannot cache the converted model in %s: %s", path, exc)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+_load_lock = threading.Lock()
+
+
+def get_embedder(name: str | None = None) -> Embedder:
+    """The process-wide embedder for ``name`` (default: ``settings.model``).
+
+    Loaded once per process and model cache directory; the lock stops concurrent first callers
+    (e.g. API worker threads) from each loading a copy.
+    """
+    settings = get_settings()
+    with _load_lock:
+        return _cached_embedder(name or settings.model, settings.model_dir)
+
+
+@lru_cache(maxsize=4)
+def _cached_embedder(name: str, model_dir: Path) -> Embedder:
+    return Embedder.load(get_spec(name), model_dir)

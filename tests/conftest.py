@@ -1,0 +1,41 @@
+"""Shared fixtures: an isolated LOOKALIKE_HOME, the real model, the real sample library."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from pipeline.settings import get_settings
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lookalike_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test runs against a throw-away home: no test touches ~/.lookalike."""
+    from pipeline.embed import _cached_embedder
+
+    home = tmp_path_factory.mktemp("lookalike_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("LOOKALIKE_HOME", str(home))
+        get_settings.cache_clear()
+        _cached_embedder.cache_clear()
+        yield home
+    get_settings.cache_clear()
+    _cached_embedder.cache_clear()
+
+
+@pytest.fixture(scope="session")
+def embedder(lookalike_home: Path):
+    """The default embedder, converted from the torch checkpoint once per session."""
+    from pipeline.embed import get_embedder
+
+    return get_embedder()
+
+
+@pytest.fixture(scope="session")
+def sample_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real sample library (read-only for tests: copy it before changing files)."""
+    from pipeline.samples import build_samples
+
+    return build_samples(tmp_path_factory.mktemp("samples"))

@@ -1,0 +1,107 @@
+"""Discover stage: walking, manifests, stable ids and the incremental plan."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.discover import ManifestError, asset_id, path_to_uri, plan, scan
+from pipeline.document import StoredState
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / ".hidden").mkdir()
+    for rel in ("one.jpg", "a/two.PNG", "a/b/three.webp", ".hidden/secret.jpg", "notes.txt"):
+        (tmp_path / rel).write_bytes(rel.encode())
+    return tmp_path
+
+
+def test_scan_walks_recursively_and_filters(tree: Path) -> None:
+    names = [a.path.name for a in scan(tree)]
+    assert sorted(names) == ["one.jpg", "three.webp", "two.PNG"]
+
+
+def test_ids_are_stable_and_derived_from_the_uri(tree: Path) -> None:
+    first = {a.uri: a.id for a in scan(tree)}
+    (tree / "one.jpg").write_bytes(b"new content")
+    second = {a.uri: a.id for a in scan(tree)}
+    assert first == second
+    assert first[path_to_uri(tree / "one.jpg")] == asset_id(path_to_uri(tree / "one.jpg"))
+
+
+def test_manifest_csv_adds_metadata_and_reports_missing(tree: Path) -> None:
+    manifest = tree / "m.csv"
+    pd.DataFrame(
+        {
+            "path": ["one.jpg", "a/two.PNG", "gone.jpg"],
+            "title": ["One", "", "Gone"],
+            "keywords": ["cat; pet | sofa", "", "x"],
+            "photographer": ["Ann", "Bo", ""],
+        }
+    ).to_csv(manifest, index=False)
+    assets = {a.path.name: a for a in scan(tree, manifest)}
+    one = assets["one.jpg"]
+    assert one.title == "One" and one.keywords == ("cat", "pet", "sofa")
+    assert one.metadata == {"photographer": "Ann"}
+    assert assets["two.PNG"].title is None
+    assert assets["gone.jpg"].exists is False
+    assert assets["three.webp"].metadata == {}
+
+
+def test_manifest_parquet_with_list_keywords(tree: Path) -> None:
+    manifest = tree / "m.parquet"
+    pd.DataFrame(
+        {"uri": [path_to_uri(tree / "one.jpg")], "keywords": [["a", "b", "a"]]}
+    ).to_parquet(manifest)
+    one = next(a for a in scan(tree, manifest) if a.path.name == "one.jpg")
+    assert one.keywords == ("a", "b")
+
+
+def test_manifest_without_path_column_is_a_clear_error(tree: Path) -> None:
+    manifest = tree / "m.csv"
+    manifest.write_text("name,title\nx,y\n")
+    with pytest.raises(ManifestError, match="no path column"):
+        scan(tree, manifest)
+
+
+def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="source folder not found"):
+        scan(tmp_path / "nope")
+
+
+def _state(asset, sha: str = "s") -> StoredState:
+    return StoredState(
+        uri=asset.uri,
+        sha256=sha,
+        fingerprint=asset.fingerprint(sha),
+        size_bytes=asset.size_bytes,
+        mtime_ns=asset.mtime_ns,
+    )
+
+
+def test_plan_skips_unchanged_by_stat_and_scopes_deletes(tree: Path, tmp_path: Path) -> None:
+    assets = scan(tree)
+    stored = {a.id: _state(a) for a in assets}
+    other = StoredState(
+        uri="file:///elsewhere/x.jpg", sha256="s", fingerprint="f", size_bytes=1, mtime_ns=1
+    )
+    stored["other-source"] = other
+    stored["deleted-here"] = other.model_copy(update={"uri": path_to_uri(tree / "gone.jpg")})
+    result = plan(assets, stored, tree)
+    assert result.todo == [] and result.unchanged == 3
+    assert result.deleted == ["deleted-here"]
+
+
+def test_plan_redoes_touched_or_retitled_assets(tree: Path) -> None:
+    assets = scan(tree)
+    stored = {a.id: _state(a) for a in assets}
+    touched = stored[assets[0].id].model_copy(update={"mtime_ns": 1})
+    retitled = stored[assets[1].id].model_copy(update={"fingerprint": "old-title"})
+    stored.update({assets[0].id: touched, assets[1].id: retitled})
+    result = plan(assets, stored, tree)
+    assert {a.id for a in result.todo} == {assets[0].id, assets[1].id}
+    assert result.unchanged == 1

@@ -1,0 +1,137 @@
+"""Ingestion end to end with the real model on the real sample library."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from pipeline.ingest import IngestSummary, ingest
+from pipeline.search import image_vector, similar_to
+from pipeline.settings import Settings
+from pipeline.store import open_store
+from pipeline.store.base import LabelFilter, SearchRequest
+
+pytestmark = pytest.mark.slow
+
+BROKEN = {
+    "empty.jpg": "empty file",
+    "not_an_image.png": "not an image",
+    "truncated.jpg": "truncated",
+}
+CAT_COPIES = {
+    "chelsea",
+    "chelsea_crop",
+    "chelsea_flip",
+    "chelsea_warm",
+    "chelsea_small",
+    "chelsea_q30",
+}
+
+
+def stem(uri: str) -> str:
+    return uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
+
+
+@pytest.fixture(scope="module")
+def indexed(sample_manifest: Path, embedder, tmp_path_factory: pytest.TempPathFactory):
+    settings = Settings(home=tmp_path_factory.mktemp("home"), batch_size=8)
+    store = open_store(embedder.model_id, settings)
+    summary = ingest(
+        sample_manifest.parent, sample_manifest, store=store, embedder=embedder, settings=settings
+    )
+    return settings, store, summary
+
+
+def test_first_run_indexes_every_sample_and_quarantines_broken_files(indexed, sample_manifest):
+    _, store, summary = indexed
+    good = len(pd.read_csv(sample_manifest)) + len(
+        list((sample_manifest.parent / "formats").iterdir())
+    )
+    assert summary.new == good == store.count()
+    assert summary.updated == summary.unchanged == summary.deleted == 0
+    reasons = {item.uri.rsplit("/", 1)[-1]: item.reason for item in summary.quarantined}
+    assert set(reasons) == set(BROKEN)
+    for name, expected in BROKEN.items():
+        assert expected in reasons[name].lower()
+    assert {r.uri.rsplit("/", 1)[-1] for r in store.quarantined()} == set(BROKEN)
+
+
+def test_cat_photo_finds_its_copies_above_every_other_photo(indexed, sample_manifest, embedder):
+    _, store, _ = indexed
+    query = (sample_manifest.parent / "originals" / "chelsea.jpg").read_bytes()
+    hits = store.search(SearchRequest(vector=image_vector(query, embedder), k=10)).hits
+    top = [stem(h.document.uri) for h in hits[: len(CAT_COPIES)]]
+    assert set(top) == CAT_COPIES, top
+    assert hits[len(CAT_COPIES)].score < min(h.score for h in hits[: len(CAT_COPIES)])
+    assert hits[0].score == pytest.approx(1.0, abs=1e-3)
+
+
+def test_formats_are_decoded_into_the_right_picture(indexed, sample_manifest, embedder):
+    """The EXIF-rotated, CMYK and palette files find their originals first."""
+    _, store, _ = indexed
+    for variant, original in [
+        ("astronaut_exif_rotated", "astronaut"),
+        ("rocket_cmyk", "rocket"),
+        ("colorwheel_palette", "colorwheel"),
+    ]:
+        hit = similar_to(store, _id_of(store, variant), SearchRequest(k=1)).hits[0]
+        assert stem(hit.document.uri) == original, variant
+
+
+def _id_of(store, name: str) -> str:
+    hits = store.search(SearchRequest(k=1000)).hits
+    return next(h.id for h in hits if stem(h.document.uri) == name)
+
+
+def test_label_and_text_filters_change_the_results(indexed, sample_manifest, embedder):
+    _, store, _ = indexed
+    vector = image_vector(
+        (sample_manifest.parent / "originals" / "coffee.jpg").read_bytes(), embedder
+    )
+    cats = store.search(
+        SearchRequest(vector=vector, k=10, labels_all=[LabelFilter(name="Cat", min_confidence=50)])
+    )
+    assert cats.hits and {stem(h.document.uri) for h in cats.hits} <= CAT_COPIES
+    assert all(h.matched_labels[0].name == "Cat" for h in cats.hits)
+    texts = store.search(SearchRequest(text="espresso cup", k=10)).hits
+    assert stem(texts[0].document.uri).startswith("coffee")
+    space = store.search(SearchRequest(vector=vector, text="space", k=3)).hits
+    assert any(h.text_score for h in space)
+
+
+def test_second_run_writes_nothing(indexed, sample_manifest, embedder):
+    settings, store, first = indexed
+    version = store.table.version
+    again = ingest(
+        sample_manifest.parent, sample_manifest, store=store, embedder=embedder, settings=settings
+    )
+    assert (again.new, again.updated, again.deleted, again.quarantined) == (0, 0, 0, [])
+    assert again.unchanged == first.new + len(first.quarantined)
+    assert store.table.version == version, "an unchanged library must not write a new version"
+
+
+def test_changes_are_picked_up_incrementally(sample_manifest, embedder, tmp_path):
+    library = tmp_path / "lib"
+    shutil.copytree(sample_manifest.parent / "copies", library / "copies")
+    shutil.copytree(sample_manifest.parent / "broken", library / "broken")
+    settings = Settings(home=tmp_path / "home", batch_size=4)
+    store = open_store(embedder.model_id, settings)
+
+    def run() -> IngestSummary:
+        return ingest(library, store=store, embedder=embedder, settings=settings)
+
+    first = run()
+    assert (first.new, len(first.quarantined)) == (10, 3)
+    (library / "copies" / "coffee_flip.jpg").unlink()
+    shutil.copy(library / "copies" / "coffee_crop.jpg", library / "copies" / "chelsea_warm.jpg")
+    shutil.copy(library / "copies" / "chelsea_crop.jpg", library / "broken" / "truncated.jpg")
+    second = run()
+    assert (second.new, second.updated, second.deleted, second.unchanged) == (1, 1, 1, 10)
+    assert store.count() == 10
+    hits = store.search(
+        SearchRequest(labels_all=[LabelFilter(name="Espresso", min_confidence=50)], k=20)
+    ).hits
+    assert "chelsea_warm" in {stem(h.document.uri) for h in hits}
