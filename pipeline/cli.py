@@ -16,6 +16,7 @@ from rich.table import Table
 
 from pipeline.decode import DecodeError
 from pipeline.discover import ManifestError
+from pipeline.document import Label
 from pipeline.ingest import IngestSummary
 from pipeline.search import AssetNotFound
 from pipeline.settings import get_settings
@@ -237,7 +238,7 @@ def demo() -> None:
         hybrid="rrf",
         as_json=False,
     )
-    labels(image=query, min_confidence=55.0, max_labels=8, as_json=False)
+    labels(image=query, min_confidence=55.0, max_labels=15, as_json=False)
 
 
 def _run_with_progress(run, source: Path, manifest: Path | None, quiet: bool) -> IngestSummary:
@@ -286,10 +287,17 @@ def _hits_json(response: SearchResponse) -> dict:
     }
 
 
+def _specific(labels: list[Label], n: int = 3) -> list[Label]:
+    """The most specific labels (no other label lists them as a parent): "Egyptian Cat" says
+    more in a results table than its ancestors "Animal" and "Mammal" at 100 %."""
+    ancestors = {p for lab in labels for p in lab.parents}
+    return [lab for lab in labels if lab.name not in ancestors][:n]
+
+
 def _print_hits(response: SearchResponse) -> None:
     table = Table("#", "Score", "File", "Title", "Top labels", title=f"{len(response.hits)} hits")
     for rank, h in enumerate(response.hits, 1):
-        top = ", ".join(f"{lab.name} {lab.confidence:.0f}" for lab in h.document.labels[:3])
+        top = ", ".join(f"{lab.name} {lab.confidence:.0f}" for lab in _specific(h.document.labels))
         table.add_row(
             str(rank),
             f"{h.score:.3f}",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import threading
 import uuid
 import zipfile
@@ -31,6 +32,25 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
 log = logging.getLogger(__name__)
+
+# TensorFlow's C++ start-up chatter (oneDNN, CPU features) drowns the CLI's output; keep its
+# warnings and errors. Set before the lazy ``import tensorflow``; a user's own value wins.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow once with file descriptor 2 muted: a few lines are printed by C++ code
+    before its log level applies. Python exceptions still propagate after stderr is restored."""
+    if "tensorflow" in sys.modules or os.environ["TF_CPP_MIN_LOG_LEVEL"] == "0":
+        return
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 # Resizing a 1-pixel-high banner so its short side is 256 would allocate gigabytes; beyond this
 # aspect ratio only the centre crop's source region is resampled (equal up to rounding).
@@ -177,6 +197,7 @@ def get_embedder(name: str | None = None) -> Embedder:
     (e.g. API worker threads) from each loading a copy.
     """
     settings = get_settings()
+    _import_tensorflow_quietly()
     with _load_lock:
         return _cached_embedder(name or settings.model, settings.model_dir)
 

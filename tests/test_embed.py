@@ -358,3 +358,23 @@ def test_matches_torchvision(
     assert feature_error <= 1e-4
     normalised = torch_features / np.linalg.norm(torch_features, axis=1, keepdims=True)
     np.testing.assert_allclose(embedder.predict(batch).embeddings, normalised, atol=1e-5)
+
+
+REFERENCE = Path(__file__).parent / "data" / "torchvision_mobilenet_v2.npz"
+
+
+@pytest.mark.slow
+def test_matches_recorded_torchvision_output(embedder: Embedder) -> None:
+    """Where torchvision cannot be installed (CI), compare with its recorded outputs on real
+    photos (``scripts/make_torchvision_reference.py``); torchvision's own preprocessing made
+    those, so this checks ``preprocess`` as well as the converted weights."""
+    with np.load(REFERENCE) as reference:
+        names = [str(n) for n in reference["photos"]]
+        torch_features, torch_probabilities = reference["features"], reference["probabilities"]
+    batch = np.stack(
+        [embedder.preprocess(Image.fromarray(getattr(skimage.data, n)())) for n in names]
+    )
+    features, probabilities = (np.asarray(t) for t in embedder.model(batch.astype(np.float32)))
+    assert np.abs(probabilities - torch_probabilities).max() <= 1e-4
+    assert np.abs(features - torch_features).max() / np.abs(torch_features).max() <= 1e-4
+    assert probabilities.argmax(1).tolist() == torch_probabilities.argmax(1).tolist()
