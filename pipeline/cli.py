@@ -116,7 +116,7 @@ def search(
     """Find images similar to IMAGE (or to --id), optionally narrowed by text and labels."""
     from pipeline.embed import get_embedder
     from pipeline.search import image_vector, similar_to
-    from pipeline.store import open_store
+    from pipeline.store import model_name, open_store
 
     with _user_errors():
         if image is not None and asset_id is not None:
@@ -137,8 +137,8 @@ def search(
             min_score=min_score,
             hybrid=hybrid,
         )
-        embedder = get_embedder(get_settings().model)
-        with open_store(embedder.model_id) as store:
+        with open_store() as store:
+            embedder = get_embedder(model_name(store.model_id))
             if asset_id is not None:
                 response = similar_to(store, asset_id, request)
             else:
@@ -183,11 +183,9 @@ def labels(
 @app.command()
 def quarantine(as_json: JsonOpt = False) -> None:
     """List files that could not be indexed, with the reason."""
-    from pipeline.backbones import get_spec
     from pipeline.store import open_store
 
-    spec = get_spec(get_settings().model)
-    with open_store(f"{spec.name}@{spec.version}") as store:
+    with open_store() as store:
         records = store.quarantined()
     if as_json:
         out.print_json(data={"quarantined": [{"uri": r.uri, "reason": r.reason} for r in records]})

@@ -52,6 +52,7 @@ def _import_tensorflow_quietly() -> None:
         os.dup2(saved, 2)
         os.close(saved)
 
+
 # Resizing a 1-pixel-high banner so its short side is 256 would allocate gigabytes; beyond this
 # aspect ratio only the centre crop's source region is resampled (equal up to rounding).
 _MAX_ASPECT_RATIO = 8

@@ -210,13 +210,18 @@ def ingest(
     called after each batch."""
     from pipeline.embed import get_embedder
     from pipeline.label import get_labeler
-    from pipeline.store import open_store
+    from pipeline.store import model_name, open_store
 
     settings = settings or get_settings()
     started = time.perf_counter()
-    embedder = embedder or get_embedder(settings.model)
     own_store = store is None
-    store = store or open_store(embedder.model_id, settings)
+    # The active model version (the alias), unless a caller picks a store or an embedder.
+    store = store or open_store(embedder.model_id if embedder else None, settings)
+    embedder = embedder or get_embedder(model_name(store.model_id))
+    if embedder.model_id != store.model_id:
+        raise ValueError(
+            f"embedder {embedder.model_id} cannot write into the index of {store.model_id}"
+        )
     labeler = get_labeler()
     try:
         store.ensure(embedder.spec.dim)
@@ -239,6 +244,8 @@ def ingest(
                 if on_progress:
                     on_progress(done, total)
         summary.deleted = store.delete(work.deleted)
+        if store.active_model() is None and store.count():
+            store.activate()  # the first index built becomes the one searches use
         if summary.new or summary.updated or summary.deleted:
             start = time.perf_counter()
             store.optimize()

@@ -43,9 +43,7 @@ def main() -> None:
     )
     batch = torch.stack([prepare(Image.fromarray(getattr(skimage.data, p)())) for p in PHOTOS])
     with torch.no_grad():
-        pooled = torch.flatten(
-            torch.nn.functional.adaptive_avg_pool2d(model.features(batch), 1), 1
-        )
+        pooled = torch.flatten(torch.nn.functional.adaptive_avg_pool2d(model.features(batch), 1), 1)
         probabilities = torch.softmax(model.classifier(pooled), dim=1)
     OUT.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(
@@ -56,8 +54,10 @@ def main() -> None:
         versions=np.array([torch.__version__, torchvision.__version__]),
     )
     top = probabilities.argmax(1).tolist()
-    print(f"wrote {OUT} (torch {torch.__version__}, torchvision {torchvision.__version__}); "
-          f"top-1 classes {dict(zip(PHOTOS, top, strict=True))}")
+    print(
+        f"wrote {OUT} (torch {torch.__version__}, torchvision {torchvision.__version__}); "
+        f"top-1 classes {dict(zip(PHOTOS, top, strict=True))}"
+    )
 
 
 if __name__ == "__main__":

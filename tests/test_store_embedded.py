@@ -41,7 +41,7 @@ def make_doc(i: int, vector: np.ndarray, labels: list[Label] | None = None, **kw
 
 @pytest.fixture
 def store(tmp_path: Path) -> EmbeddedStore:
-    return EmbeddedStore(tmp_path / "db", "assets__test", Settings(home=tmp_path))
+    return EmbeddedStore(Settings(home=tmp_path), "test@1")
 
 
 def test_upsert_is_idempotent_and_get_roundtrips(store: EmbeddedStore) -> None:
@@ -164,7 +164,7 @@ def test_selective_filter_returns_k_hits_with_ann_index(tmp_path: Path) -> None:
             nprobes=1,
             refine_factor=1,
         )
-        store = EmbeddedStore(tmp_path / f"db{exact_max}", "assets__t", settings)
+        store = EmbeddedStore(settings, "t@1")
         for start in range(0, 3000, 1000):
             store.upsert(docs[start : start + 1000])
         store.optimize()
@@ -182,3 +182,16 @@ def test_selective_filter_returns_k_hits_with_ann_index(tmp_path: Path) -> None:
             assert got == expected.tolist()
         else:
             assert len(set(got) & set(expected.tolist())) >= 8
+
+
+def test_alias_points_searches_at_one_model_version(tmp_path: Path) -> None:
+    settings = Settings(home=tmp_path)
+    old, new = EmbeddedStore(settings, "m@1"), EmbeddedStore(settings, "m@2")
+    vecs = unit(np.random.default_rng(6).random((2, DIM)))
+    old.upsert([make_doc(0, vecs[0])])
+    new.upsert([make_doc(1, vecs[1])])
+    assert old.active_model() is None
+    assert old.activate() is None and new.active_model() == "m@1"
+    assert new.activate() == "m@1" and old.active_model() == "m@2"
+    infos = {i.model_id: i for i in old.indexes()}
+    assert set(infos) == {"m@1", "m@2"} and infos["m@2"].active and infos["m@1"].count == 1

@@ -114,12 +114,40 @@ class SearchResponse(BaseModel):
     )
 
 
+class IndexInfo(BaseModel):
+    """One model version's concrete index (table), as ``lookalike index list`` shows it."""
+
+    model_id: str
+    name: str
+    count: int
+    active: bool = Field(description="Whether the alias that searches use points here.")
+
+
 class StoreError(RuntimeError):
     """A store operation failed in a way the caller should report, not retry blindly."""
 
 
 class Store(ABC):
-    """An index of ``AssetDocument``s for one model version."""
+    """An index of ``AssetDocument``s for one model version (``model_id``, ``name@version``).
+
+    Each model version has its own concrete index; one alias names the version that searches
+    and scheduled ingestion use. A model rollout fills a new index, then moves the alias in
+    one atomic step, so search never goes down and a rollback is one more move.
+    """
+
+    model_id: str
+
+    @abstractmethod
+    def active_model(self) -> str | None:
+        """The model id the alias points to, or ``None`` before the first activation."""
+
+    @abstractmethod
+    def activate(self) -> str | None:
+        """Atomically point the alias at this store's index; return the previous model id."""
+
+    @abstractmethod
+    def indexes(self) -> list[IndexInfo]:
+        """Every model version's index under this store's base name."""
 
     @abstractmethod
     def ensure(self, dim: int) -> None:

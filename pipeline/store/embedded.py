@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections.abc import Sequence
 from datetime import UTC, timedelta
@@ -32,8 +33,15 @@ import pyarrow as pa
 from lancedb.index import FTS, IvfSq, LabelList
 
 from pipeline.document import AssetDocument, Label, QuarantineRecord, StoredState
-from pipeline.settings import Settings, get_settings
-from pipeline.store.base import Hit, LabelFilter, SearchRequest, SearchResponse, Store
+from pipeline.settings import Settings
+from pipeline.store.base import (
+    Hit,
+    IndexInfo,
+    LabelFilter,
+    SearchRequest,
+    SearchResponse,
+    Store,
+)
 
 QUARANTINE_TABLE = "quarantine"
 _STATE_COLUMNS = ["id", "uri", "sha256", "fingerprint", "size_bytes", "mtime_ns"]
@@ -89,18 +97,66 @@ def table_name(base: str, model_id: str) -> str:
 
 
 class EmbeddedStore(Store):
-    """A ``Store`` on LanceDB at ``path`` (one directory, safe for concurrent readers)."""
+    """A ``Store`` on LanceDB under ``settings.store_dir`` (safe for concurrent readers).
 
-    def __init__(self, path: Path, table: str, settings: Settings | None = None) -> None:
-        self.settings = settings or get_settings()
-        self.path = Path(path)
+    The alias is a small JSON file (``aliases.json``) replaced atomically with ``os.replace``:
+    a reader sees the old or the new target, never a half-written file.
+    """
+
+    def __init__(self, settings: Settings, model_id: str) -> None:
+        self.settings = settings
+        self.model_id = model_id
+        self.path = settings.store_dir
         self.path.mkdir(parents=True, exist_ok=True)
         # Interval 0: every query sees the latest committed version, so a long-running API
         # process notices ingests made by the CLI or Airflow without a restart.
         self.db = lancedb.connect(self.path, read_consistency_interval=timedelta(0))
-        self.table_name = table
+        self.table_name = table_name(settings.table, model_id)
         self._table: lancedb.table.Table | None = None
-        self._quarantine = self._open_or_create(QUARANTINE_TABLE, _QUARANTINE_SCHEMA)
+        self._quarantine = self._open_or_create(
+            f"{settings.table}__{QUARANTINE_TABLE}", _QUARANTINE_SCHEMA
+        )
+
+    # -- alias ---------------------------------------------------------------------------------
+
+    @property
+    def _alias_file(self) -> Path:
+        return self.path / "aliases.json"
+
+    def _aliases(self) -> dict[str, dict[str, str]]:
+        try:
+            return json.loads(self._alias_file.read_text())
+        except FileNotFoundError:
+            return {}
+
+    def active_model(self) -> str | None:
+        entry = self._aliases().get(self.settings.table)
+        return entry["model"] if entry else None
+
+    def activate(self) -> str | None:
+        aliases = self._aliases()
+        previous = aliases.get(self.settings.table, {}).get("model")
+        aliases[self.settings.table] = {"model": self.model_id, "table": self.table_name}
+        tmp = self._alias_file.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(aliases, indent=2, sort_keys=True))
+        os.replace(tmp, self._alias_file)
+        return previous
+
+    def indexes(self) -> list[IndexInfo]:
+        active = self.active_model()
+        prefix = f"{self.settings.table}__"
+        infos = []
+        for name in self.db.list_tables(limit=1000).tables:
+            table = self.db.open_table(name)
+            if not name.startswith(prefix) or "vector" not in table.schema.names:
+                continue
+            model = (table.schema.metadata or {}).get(b"model_id", b"").decode()
+            infos.append(
+                IndexInfo(
+                    model_id=model, name=name, count=table.count_rows(), active=model == active
+                )
+            )
+        return infos
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -121,9 +177,8 @@ class EmbeddedStore(Store):
 
     def ensure(self, dim: int) -> None:
         if self.table is None:
-            self._table = self.db.create_table(
-                self.table_name, schema=asset_schema(dim), exist_ok=True
-            )
+            schema = asset_schema(dim).with_metadata({"model_id": self.model_id})
+            self._table = self.db.create_table(self.table_name, schema=schema, exist_ok=True)
         existing = self._table.schema.field("vector").type.list_size
         if existing != dim:
             raise ValueError(
