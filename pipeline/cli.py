@@ -16,8 +16,7 @@ from rich.table import Table
 
 from pipeline.decode import DecodeError
 from pipeline.discover import ManifestError
-from pipeline.document import Label
-from pipeline.ingest import IngestSummary
+from pipeline.document import IngestSummary, Label
 from pipeline.search import AssetNotFound
 from pipeline.settings import get_settings
 from pipeline.store.base import LabelFilter, SearchRequest, SearchResponse, StoreError

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -89,3 +90,28 @@ def compute_fingerprint(sha256: str, fields: dict[str, Any]) -> str:
     """Content hash plus the indexed metadata, so a manifest edit also triggers a re-index."""
     payload = json.dumps({"sha256": sha256, **fields}, sort_keys=True, default=str)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class QuarantinedItem(BaseModel):
+    uri: str
+    reason: str
+
+
+class IngestSummary(BaseModel):
+    """What an ingestion run did: printed by ``lookalike ingest --json``, returned by the
+    Airflow DAG as XCom, and kept by the store (``Store.record_run``) for Dashboards."""
+
+    run_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    source: str = ""
+    started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    new: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    deleted: int = 0
+    quarantined: list[QuarantinedItem] = Field(default_factory=list)
+    model: str = ""
+    duration_s: float = 0.0
+    images_per_s: float = 0.0
+    stage_seconds: dict[str, float] = Field(
+        default_factory=dict, description="Time spent per stage (read wait, embed, write)."
+    )

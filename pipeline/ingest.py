@@ -19,12 +19,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
-from pydantic import BaseModel, Field
 
 from pipeline import discover
 from pipeline.decode import DecodeError, decode_image
 from pipeline.discover import SourceAsset
-from pipeline.document import AssetDocument, QuarantineRecord, StoredState
+from pipeline.document import (
+    AssetDocument,
+    IngestSummary,
+    QuarantinedItem,
+    QuarantineRecord,
+    StoredState,
+)
 from pipeline.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -34,35 +39,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-class QuarantinedItem(BaseModel):
-    uri: str
-    reason: str
-
-
-class IngestSummary(BaseModel):
-    """What a run did; printed by ``lookalike ingest --json`` and returned by the Airflow DAG."""
-
-    new: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    deleted: int = 0
-    quarantined: list[QuarantinedItem] = Field(default_factory=list)
-    model: str = ""
-    duration_s: float = 0.0
-    images_per_s: float = 0.0
-    stage_seconds: dict[str, float] = Field(
-        default_factory=dict, description="Time spent per stage (read+decode wait, embed, write)."
-    )
-
-    def add(self, other: BatchResult) -> None:
-        self.new += other.new
-        self.updated += other.updated
-        self.unchanged += other.unchanged
-        self.quarantined += [QuarantinedItem(uri=r.uri, reason=r.reason) for r in other.quarantined]
-        for stage, seconds in other.seconds.items():
-            self.stage_seconds[stage] = self.stage_seconds.get(stage, 0.0) + seconds
 
 
 @dataclass
@@ -91,6 +67,15 @@ class BatchResult:
     @property
     def embedded(self) -> int:
         return self.new + self.updated
+
+
+def _accumulate(summary: IngestSummary, batch: BatchResult) -> None:
+    summary.new += batch.new
+    summary.updated += batch.updated
+    summary.unchanged += batch.unchanged
+    summary.quarantined += [QuarantinedItem(uri=r.uri, reason=r.reason) for r in batch.quarantined]
+    for stage, seconds in batch.seconds.items():
+        summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + seconds
 
 
 def load(
@@ -227,7 +212,11 @@ def ingest(
         store.ensure(embedder.spec.dim)
         stored = store.states()
         work = discover.plan(discover.scan(source, manifest), stored, source)
-        summary = IngestSummary(unchanged=work.unchanged, model=embedder.model_id)
+        summary = IngestSummary(
+            source=discover.path_to_uri(Path(source)),
+            unchanged=work.unchanged,
+            model=embedder.model_id,
+        )
         total, done = len(work.todo), 0
         if on_progress:
             on_progress(0, total)
@@ -239,7 +228,9 @@ def ingest(
                 window=2 * settings.batch_size,
             )
             for batch in _batched(loaded, settings.batch_size, summary.stage_seconds):
-                summary.add(process_batch(batch, stored, store, embedder, labeler, settings))
+                _accumulate(
+                    summary, process_batch(batch, stored, store, embedder, labeler, settings)
+                )
                 done += len(batch)
                 if on_progress:
                     on_progress(done, total)
@@ -250,13 +241,15 @@ def ingest(
             start = time.perf_counter()
             store.optimize()
             summary.stage_seconds["optimize"] = time.perf_counter() - start
+        summary.duration_s = round(time.perf_counter() - started, 3)
+        embedded = summary.new + summary.updated
+        summary.images_per_s = round(embedded / summary.duration_s, 2)
+        summary.stage_seconds = {k: round(v, 3) for k, v in summary.stage_seconds.items()}
+        if summary.new or summary.updated or summary.deleted or summary.quarantined:
+            store.record_run(summary)  # an idle run leaves no trace: it writes nothing
     finally:
         if own_store:
             store.close()
-    summary.duration_s = round(time.perf_counter() - started, 3)
-    embedded = summary.new + summary.updated
-    summary.images_per_s = round(embedded / summary.duration_s, 2) if summary.duration_s else 0.0
-    summary.stage_seconds = {k: round(v, 3) for k, v in summary.stage_seconds.items()}
     return summary
 
 

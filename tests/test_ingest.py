@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.ingest import IngestSummary, ingest
+from pipeline.document import IngestSummary
+from pipeline.ingest import ingest
 from pipeline.search import image_vector, similar_to
 from pipeline.settings import Settings
 from pipeline.store import open_store
@@ -111,6 +112,8 @@ def test_second_run_writes_nothing(indexed, sample_manifest, embedder):
     assert (again.new, again.updated, again.deleted, again.quarantined) == (0, 0, 0, [])
     assert again.unchanged == first.new + len(first.quarantined)
     assert store.table.version == version, "an unchanged library must not write a new version"
+    assert [r.run_id for r in store.runs()] == [first.run_id], "an idle run records nothing"
+    assert store.runs()[0].new == first.new
 
 
 def test_changes_are_picked_up_incrementally(sample_manifest, embedder, tmp_path):

@@ -12,7 +12,13 @@ from typing import Literal, Self
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from pipeline.document import AssetDocument, Label, QuarantineRecord, StoredState
+from pipeline.document import (
+    AssetDocument,
+    IngestSummary,
+    Label,
+    QuarantineRecord,
+    StoredState,
+)
 
 
 class LabelFilter(BaseModel):
@@ -184,6 +190,14 @@ class Store(ABC):
     @abstractmethod
     def count(self) -> int:
         """Number of indexed documents."""
+
+    @abstractmethod
+    def record_run(self, summary: IngestSummary) -> None:
+        """Keep an ingestion run's summary (for Dashboards and ``lookalike runs``)."""
+
+    @abstractmethod
+    def runs(self, limit: int = 20) -> list[IngestSummary]:
+        """The most recent run summaries, newest first."""
 
     def optimize(self) -> None:  # noqa: B027 - optional hook
         """Compact and (re)build indexes after a large ingest; backends that need it override."""

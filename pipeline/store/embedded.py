@@ -32,7 +32,13 @@ import numpy as np
 import pyarrow as pa
 from lancedb.index import FTS, IvfSq, LabelList
 
-from pipeline.document import AssetDocument, Label, QuarantineRecord, StoredState
+from pipeline.document import (
+    AssetDocument,
+    IngestSummary,
+    Label,
+    QuarantineRecord,
+    StoredState,
+)
 from pipeline.settings import Settings
 from pipeline.store.base import (
     Hit,
@@ -44,6 +50,7 @@ from pipeline.store.base import (
 )
 
 QUARANTINE_TABLE = "quarantine"
+RUNS_TABLE = "runs"
 _STATE_COLUMNS = ["id", "uri", "sha256", "fingerprint", "size_bytes", "mtime_ns"]
 
 _LABEL_TYPE = pa.struct(
@@ -59,6 +66,14 @@ _QUARANTINE_SCHEMA = pa.schema(
         ("mtime_ns", pa.int64()),
         ("reason", pa.string()),
         ("quarantined_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+_RUNS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("started_at", pa.timestamp("us", tz="UTC")),
+        ("summary_json", pa.string()),
     ]
 )
 
@@ -113,9 +128,11 @@ class EmbeddedStore(Store):
         self.db = lancedb.connect(self.path, read_consistency_interval=timedelta(0))
         self.table_name = table_name(settings.table, model_id)
         self._table: lancedb.table.Table | None = None
+        # Shared by every model version: both are about files and runs, not vectors.
         self._quarantine = self._open_or_create(
             f"{settings.table}__{QUARANTINE_TABLE}", _QUARANTINE_SCHEMA
         )
+        self._runs = self._open_or_create(f"{settings.table}__{RUNS_TABLE}", _RUNS_SCHEMA)
 
     # -- alias ---------------------------------------------------------------------------------
 
@@ -245,6 +262,23 @@ class EmbeddedStore(Store):
             )
         # Folds new rows into existing indexes and compacts; keeps recent versions for readers.
         table.optimize(cleanup_older_than=timedelta(hours=1))
+
+    def record_run(self, summary: IngestSummary) -> None:
+        row = {
+            "run_id": summary.run_id,
+            "started_at": summary.started_at.astimezone(UTC),
+            "summary_json": summary.model_dump_json(),
+        }
+        self._runs.merge_insert(
+            "run_id"
+        ).when_matched_update_all().when_not_matched_insert_all().execute(
+            pa.Table.from_pylist([row], schema=_RUNS_SCHEMA)
+        )
+
+    def runs(self, limit: int = 20) -> list[IngestSummary]:
+        rows = self._runs.search().limit(None).to_arrow().to_pylist()
+        rows.sort(key=lambda r: r["started_at"], reverse=True)
+        return [IngestSummary.model_validate_json(r["summary_json"]) for r in rows[:limit]]
 
     # -- reads -------------------------------------------------------------------------------
 
