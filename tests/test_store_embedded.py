@@ -117,6 +117,8 @@ def test_label_filters_are_exact_for_fractional_thresholds(store: EmbeddedStore)
     assert ids(
         labels_any=[LabelFilter(name="Dog"), LabelFilter(name="Cat", min_confidence=95)]
     ) == {4}
+    assert store.label_counts(min_confidence=80) == {"Cat": 4}
+    assert store.label_counts(min_confidence=0) == {"Cat": 6}
     hit = store.search(SearchRequest(vector=q, labels_all=[LabelFilter(name="cat")])).hits[0]
     assert [lab.name for lab in hit.matched_labels] == ["Cat"]
 

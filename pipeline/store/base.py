@@ -192,6 +192,11 @@ class Store(ABC):
         """Number of indexed documents."""
 
     @abstractmethod
+    def label_counts(self, min_confidence: float = 50.0, limit: int = 100) -> dict[str, int]:
+        """Label name -> number of assets carrying it with at least ``min_confidence``, most
+        frequent first (facets for a search page, "top labels" for a dashboard)."""
+
+    @abstractmethod
     def record_run(self, summary: IngestSummary) -> None:
         """Keep an ingestion run's summary (for Dashboards and ``lookalike runs``)."""
 

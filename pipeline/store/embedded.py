@@ -30,6 +30,7 @@ from typing import Any
 import lancedb
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from lancedb.index import FTS, IvfSq, LabelList
 
 from pipeline.document import (
@@ -299,6 +300,21 @@ class EmbeddedStore(Store):
             for row in table.search().select(_STATE_COLUMNS).limit(None).to_arrow().to_pylist():
                 states[row["id"]] = StoredState(quarantined=quarantined, **row)
         return states
+
+    def label_counts(self, min_confidence: float = 50.0, limit: int = 100) -> dict[str, int]:
+        if self.table is None:
+            return {}
+        labels = self.table.search().select(["labels"]).limit(None).to_arrow()["labels"]
+        flat = pc.list_flatten(labels)
+        names = pc.filter(
+            pc.struct_field(flat, "name"),
+            pc.greater_equal(pc.struct_field(flat, "confidence"), min_confidence),
+        )
+        counts = sorted(
+            ((c["values"].as_py(), c["counts"].as_py()) for c in pc.value_counts(names)),
+            key=lambda nc: (-nc[1], nc[0]),
+        )
+        return dict(counts[:limit])
 
     def quarantined(self) -> list[QuarantineRecord]:
         rows = self._quarantine.search().limit(None).to_arrow().to_pylist()
