@@ -49,10 +49,16 @@ def open_store(model_id: str | None = None, settings: Settings | None = None) ->
 
 
 def _backend(settings: Settings, model_id: str) -> Store:
-    if settings.store == "embedded":
-        from pipeline.store.embedded import EmbeddedStore
+    """The store class ``LOOKALIKE_STORE`` names, imported only when used (each backend pulls in
+    its own client library)."""
+    if settings.store == "opensearch":
+        from pipeline.store.opensearch import OpenSearchStore
 
-        return EmbeddedStore(settings, model_id)
-    raise StoreError(
-        f"LOOKALIKE_STORE={settings.store!r} is not available in this version; use 'embedded'"
-    )
+        return OpenSearchStore(settings, model_id)
+    if settings.store == "elasticsearch":
+        from pipeline.store.elasticsearch import ElasticsearchStore
+
+        return ElasticsearchStore(settings, model_id)
+    from pipeline.store.embedded import EmbeddedStore
+
+    return EmbeddedStore(settings, model_id)

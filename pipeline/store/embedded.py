@@ -481,7 +481,10 @@ def _fuse(request: SearchRequest, vector_rows: list[dict], text_rows: list[dict]
                 (t[1] / top_text) if t else 0.0
             )
         scored.append((score, asset_id, row, v, t))
-    scored.sort(key=lambda s: (-s[0], s[1]))
+    if request.vector is not None or request.text:
+        # A filter-only listing keeps the scan order: sorting each page's partial fetch by id
+        # would make consecutive pages overlap.
+        scored.sort(key=lambda s: (-s[0], s[1]))
     wanted = {f.name.casefold() for f in [*request.labels_all, *request.labels_any]}
     hits = []
     for score, _, row, v, t in scored:

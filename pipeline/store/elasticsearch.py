@@ -1,0 +1,232 @@
+"""The Elasticsearch store (``LOOKALIKE_STORE=elasticsearch``), through the official client.
+
+Requires Elasticsearch 9.2 or later (``_source.exclude_vectors``, ``rescore_vector``). Choices,
+from the Elasticsearch reference (dense vector, kNN search, RRF):
+
+* ``dense_vector`` indexed with ``similarity: dot_product`` (the embeddings are unit length,
+  which ``dot_product`` requires and checks) and ``int8_hnsw`` index options: 4x less vector
+  memory than raw floats; the raw floats are kept, and every kNN search rescores its candidates
+  with them (``rescore_vector``), so scores are exact. Elasticsearch scores ``dot_product`` as
+  ``(1 + d) / 2``; ``cosine_from_score`` inverts it, so ``Hit.score`` is the cosine similarity.
+* The top-level ``knn`` section carries the filter (efficient filtering: Lucene searches only
+  documents that pass and switches to an exact search when few do), so selective filters still
+  return ``k`` hits. ``num_candidates`` is ``LOOKALIKE_KNN_EF_SEARCH`` (never below ``k``).
+* Hybrid search: the ``rrf`` retriever where the licence allows it (reciprocal rank fusion is
+  an *Enterprise* feature; a trial licence works too). Otherwise (the free *basic* licence),
+  and always for ``hybrid="linear"``, the vector and text searches run separately and are fused
+  here with the embedded store's formulas, so results do not depend on the licence.
+* Vectors are not returned in ``_source`` (Elasticsearch 9.2+ excludes them by default); a
+  document asked for with its embedding uses ``_source.exclude_vectors: false``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+from elasticsearch import ApiError, Elasticsearch, NotFoundError, TransportError, helpers
+
+from pipeline.settings import Settings
+from pipeline.store.base import Hit, SearchRequest
+from pipeline.store.cluster import (
+    MAX_KNN_K,
+    TEMPLATE_PRIORITY,
+    ClusterStore,
+    asset_mappings,
+    asset_meta,
+    filter_query,
+    filtered_text_query,
+    index_settings,
+    plain_body,
+    text_search_body,
+    unit,
+)
+
+SIMILARITY = "dot_product"
+RESCORE_OVERSAMPLE = 3.0
+RRF_LICENCES = frozenset({"enterprise", "trial"})
+
+
+# -- request bodies (pure) -------------------------------------------------------------------
+
+
+def dense_vector_field(dim: int, m: int, ef_construction: int) -> dict[str, Any]:
+    return {
+        "type": "dense_vector",
+        "dims": dim,
+        "index": True,
+        "similarity": SIMILARITY,
+        "index_options": {"type": "int8_hnsw", "m": m, "ef_construction": ef_construction},
+    }
+
+
+def asset_template(base: str, dim: int, settings: Settings) -> dict[str, Any]:
+    """The composable index template of the asset indices (``<base>__*``)."""
+    vector = dense_vector_field(dim, settings.hnsw_m, settings.hnsw_ef_construction)
+    return {
+        "index_patterns": [f"{base}__*"],
+        "priority": TEMPLATE_PRIORITY,
+        "template": {
+            "settings": index_settings(settings.cluster_shards),
+            "mappings": asset_mappings(vector, asset_meta(None, dim)),
+        },
+        "_meta": asset_meta(None, dim),
+    }
+
+
+def knn_section(
+    vector: Sequence[float], k: int, num_candidates: int, filters: dict[str, Any] | None
+) -> dict[str, Any]:
+    k = min(k, MAX_KNN_K)
+    section: dict[str, Any] = {
+        "field": "embedding",
+        "query_vector": unit(vector),
+        "k": k,
+        "num_candidates": min(max(num_candidates, k), MAX_KNN_K),
+        "rescore_vector": {"oversample": RESCORE_OVERSAMPLE},
+    }
+    if filters is not None:
+        section["filter"] = filters
+    return section
+
+
+def vector_search_body(request: SearchRequest, size: int, num_candidates: int) -> dict[str, Any]:
+    return {
+        "size": size,
+        "_source": {"excludes": ["embedding"]},
+        "knn": knn_section(request.vector or [], size, num_candidates, filter_query(request)),
+    }
+
+
+def rrf_retriever_body(request: SearchRequest, size: int, num_candidates: int) -> dict[str, Any]:
+    """Hybrid search with the ``rrf`` retriever (Enterprise or trial licence)."""
+    knn = knn_section(request.vector or [], size, num_candidates, filter_query(request))
+    return {
+        "size": size,
+        "_source": {"excludes": ["embedding"]},
+        "retriever": {
+            "rrf": {
+                "retrievers": [
+                    {"knn": knn},
+                    {"standard": {"query": filtered_text_query(request)}},
+                ],
+                "rank_constant": request.rrf_k,
+                "rank_window_size": size,
+            }
+        },
+    }
+
+
+def ids_vector_body(request: SearchRequest, ids: Sequence[str]) -> dict[str, Any]:
+    """Cosine scores of given hits (an exact search: only they pass the filter)."""
+    knn = knn_section(request.vector or [], len(ids), len(ids), {"ids": {"values": list(ids)}})
+    return {"size": len(ids), "_source": False, "knn": knn}
+
+
+def cosine_from_score(score: float) -> float:
+    """Invert Elasticsearch's ``dot_product`` score ``(1 + d) / 2``."""
+    return 2.0 * score - 1.0
+
+
+def fuse(
+    request: SearchRequest,
+    vector_hits: Sequence[tuple[str, float]],
+    text_hits: Sequence[tuple[str, float]],
+) -> list[tuple[str, float]]:
+    """Client-side hybrid fusion with the embedded store's formulas: RRF is
+    ``sum(1 / (rrf_k + rank))`` (ranks from 1); linear is ``w * cosine + (1 - w) * bm25 /
+    best_bm25``. Inputs are ``(id, score)`` best first; returns ``(id, fused)`` best first."""
+    vec = {i: (rank, s) for rank, (i, s) in enumerate(vector_hits, 1)}
+    txt = {i: (rank, s) for rank, (i, s) in enumerate(text_hits, 1)}
+    top_text = max((s for _, s in text_hits), default=0.0) or 1.0
+    fused = []
+    for asset_id in {*vec, *txt}:
+        v, t = vec.get(asset_id), txt.get(asset_id)
+        if request.hybrid == "rrf":
+            score = sum(1.0 / (request.rrf_k + rank) for rank, _ in filter(None, (v, t)))
+        else:
+            w = request.vector_weight
+            score = w * (v[1] if v else 0.0) + (1 - w) * (t[1] / top_text if t else 0.0)
+        fused.append((asset_id, score))
+    fused.sort(key=lambda pair: (-pair[1], pair[0]))
+    return fused
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """TLS and basic auth as configured; transient 502/503/504 and timeouts are retried."""
+    auth = None
+    if settings.cluster_user and settings.cluster_password:
+        auth = (settings.cluster_user, settings.cluster_password.get_secret_value())
+    return {
+        "hosts": settings.cluster_urls,
+        "basic_auth": auth,
+        "verify_certs": settings.cluster_verify_certs,
+        "ssl_show_warn": settings.cluster_verify_certs,
+        "ca_certs": str(settings.cluster_ca_certs) if settings.cluster_ca_certs else None,
+        "request_timeout": settings.cluster_timeout_s,
+        "max_retries": 3,
+        "retry_on_timeout": True,
+        "retry_on_status": (502, 503, 504),
+        "http_compress": True,
+    }
+
+
+# -- the store -----------------------------------------------------------------------------------
+
+
+class ElasticsearchStore(ClusterStore):
+    """The ``Store`` on Elasticsearch 9.2+ (see the module docstring for the design)."""
+
+    backend = "elasticsearch"
+    not_found = NotFoundError
+    client_errors = (ApiError, TransportError)
+    streaming_bulk = staticmethod(helpers.streaming_bulk)
+    scan = staticmethod(helpers.scan)
+    cosine_from_score = staticmethod(cosine_from_score)
+    ids_vector_body = staticmethod(ids_vector_body)
+    embedding_source: ClassVar[Any] = {"exclude_vectors": False}
+
+    def __init__(self, settings: Settings, model_id: str, client: Any | None = None) -> None:
+        super().__init__(settings, model_id, client)
+        self._rrf_licensed: bool | None = None
+
+    @classmethod
+    def connect(cls, settings: Settings) -> Elasticsearch:
+        return Elasticsearch(**client_options(settings))
+
+    def asset_template(self, dim: int) -> dict[str, Any]:
+        return asset_template(self.settings.table, dim, self.settings)
+
+    def rrf_licensed(self) -> bool:
+        """Whether the cluster's licence includes reciprocal rank fusion (checked once)."""
+        if self._rrf_licensed is None:
+            licence = plain_body(self.client.license.get())["license"]
+            self._rrf_licensed = (
+                licence.get("status") == "active" and licence.get("type") in RRF_LICENCES
+            )
+        return self._rrf_licensed
+
+    def _similar(self, request: SearchRequest, size: int) -> list[Hit]:
+        num_candidates = self.settings.knn_ef_search
+        if request.text and request.hybrid == "rrf" and self.rrf_licensed():
+            body = rrf_retriever_body(request, size, num_candidates)
+            return self.fused_hits(request, self._search(self.index, body))
+        vector_raw = self._search(self.index, vector_search_body(request, size, num_candidates))
+        if not request.text:
+            return self.vector_hits(request, vector_raw)
+        # The documented fallback: both searches here, fused with the embedded store's formulas.
+        text_raw = self._search(self.index, text_search_body(request, size))
+        vector_scores = {h["_id"]: cosine_from_score(h["_score"]) for h in vector_raw}
+        text_scores = {h["_id"]: float(h["_score"]) for h in text_raw}
+        raw = {h["_id"]: h for h in [*text_raw, *vector_raw]}
+        fused = fuse(request, list(vector_scores.items()), list(text_scores.items()))
+        return [
+            self.hit(
+                request,
+                raw[asset_id],
+                score=score,
+                vector_score=vector_scores.get(asset_id),
+                text_score=text_scores.get(asset_id),
+            )
+            for asset_id, score in fused[:size]
+        ]
