@@ -1,0 +1,465 @@
+"""The API's endpoints. Each one validates its input, hands the blocking work (model, store,
+files) to a worker thread and shapes the answer; the search itself is the core library's
+(``pipeline.search``, ``Store.search``), exactly as the CLI runs it."""
+
+from __future__ import annotations
+
+import secrets
+import time
+from typing import Annotated, Any, TypeVar, get_origin
+
+import anyio
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, Response, Security
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.security import APIKeyCookie, APIKeyHeader
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+
+from pipeline.document import AssetDocument
+from pipeline.search import similar_to
+from pipeline.settings import Settings
+from pipeline.store.base import SearchRequest, SearchResponse
+from search_api import media
+from search_api.engine import Backend, SearchEngine
+from search_api.schemas import (
+    ASSET_ID_PATTERN,
+    MAX_FILTERS,
+    Asset,
+    ErrorResponse,
+    FormFilters,
+    Health,
+    LabelCount,
+    LabelCounts,
+    Readiness,
+    SearchHit,
+    SearchQuery,
+    SearchResult,
+    ValidationErrorResponse,
+    unit_vector,
+)
+
+M = TypeVar("M", SearchQuery, FormFilters)
+
+API_KEY_HEADER = "X-API-Key"
+API_KEY_COOKIE = "lookalike_api_key"
+
+_header_key = APIKeyHeader(
+    name=API_KEY_HEADER,
+    auto_error=False,
+    description="The key the server was started with (LOOKALIKE_API_KEY).",
+)
+_cookie_key = APIKeyCookie(
+    name=API_KEY_COOKIE,
+    auto_error=False,
+    description="The same key, as the web page sends it with image requests.",
+)
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"model": ErrorResponse, "description": description}
+
+
+# Statuses any data endpoint can answer, besides its own.
+COMMON_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: _error("LOOKALIKE_API_KEY is set and the request does not carry it."),
+    422: {"model": ValidationErrorResponse, "description": "A parameter is invalid."},
+    503: _error("The model or the store is not available."),
+    504: _error("No response within LOOKALIKE_API_REQUEST_TIMEOUT_S."),
+}
+_NOT_FOUND = {404: _error("No indexed asset has this id, or its file cannot be served.")}
+
+_QUERY_EXAMPLES = {
+    "asset": {
+        "summary": "More like an indexed asset",
+        "value": {"asset_id": "c9c3aab28a330cf8c4deecaf68a21e2c", "k": 12},
+    },
+    "filtered": {
+        "summary": "Cats (>= 80 %) whose text mentions 'sofa'",
+        "value": {"text": "sofa", "labels": {"all": [{"name": "Cat", "min_confidence": 80}]}},
+    },
+    "hybrid": {
+        "summary": "Like an asset, weighted with text, not labelled Dog",
+        "value": {
+            "asset_id": "c9c3aab28a330cf8c4deecaf68a21e2c",
+            "text": "rug",
+            "hybrid": "linear",
+            "vector_weight": 0.7,
+            "labels": {"none": [{"name": "Dog", "min_confidence": 50}]},
+            "metadata": {"source": ["scikit-image"]},
+        },
+    },
+    "browse": {"summary": "Browse: filters only, second page", "value": {"k": 24, "offset": 24}},
+}
+
+SEARCH_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "description": "Either an image upload (multipart) or a JSON query.",
+        "content": {
+            "multipart/form-data": {
+                "schema": {"$ref": "#/components/schemas/ImageSearchForm"},
+                "encoding": {"image": {"contentType": "image/*"}},
+            },
+            "application/json": {
+                "schema": {"$ref": "#/components/schemas/SearchQuery"},
+                "examples": _QUERY_EXAMPLES,
+            },
+        },
+    }
+}
+
+# Fields of a multipart search that may be repeated (the others take their last value).
+_LIST_FIELDS = {
+    name for name, field in FormFilters.model_fields.items() if get_origin(field.annotation) is list
+}
+# The multipart parser's own bound on fields: every list at its longest, plus the scalars.
+_MAX_FORM_FIELDS = 1000 + 4 * MAX_FILTERS + 20
+
+
+def get_engine(request: Request) -> SearchEngine:
+    return request.app.state.engine
+
+
+def app_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+EngineDep = Annotated[SearchEngine, Depends(get_engine)]
+SettingsDep = Annotated[Settings, Depends(app_settings)]
+AssetIdPath = Annotated[str, Path(pattern=ASSET_ID_PATTERN, description="An indexed asset's id.")]
+
+
+def require_api_key(
+    settings: SettingsDep,
+    header: Annotated[str | None, Security(_header_key)] = None,
+    cookie: Annotated[str | None, Security(_cookie_key)] = None,
+) -> None:
+    """401 unless the configured key came with the request (no key configured: open)."""
+    if settings.api_key is None:
+        return
+    expected = settings.api_key.get_secret_value().encode()
+    given = header or cookie
+    if given is None or not secrets.compare_digest(given.encode(), expected):
+        raise HTTPException(
+            status_code=401,
+            detail=f"missing or wrong API key: send it in the {API_KEY_HEADER} header",
+            headers={"WWW-Authenticate": API_KEY_HEADER},
+        )
+
+
+api = APIRouter(dependencies=[Depends(require_api_key)], responses=COMMON_RESPONSES)
+probes = APIRouter(tags=["operations"])
+
+
+@api.post(
+    "/search",
+    tags=["search"],
+    summary="Search by image, asset, vector, text, labels and metadata",
+    response_model=SearchResult,
+    openapi_extra=SEARCH_BODY,
+    responses={
+        **_NOT_FOUND,
+        400: _error("The multipart body is malformed."),
+        413: _error("The upload is larger than LOOKALIKE_API_MAX_UPLOAD_BYTES."),
+        415: _error("Neither JSON nor multipart, or the upload is not a decodable image."),
+    },
+)
+async def search(request: Request, engine: EngineDep, settings: SettingsDep) -> SearchResult:
+    """Upload an image (`multipart/form-data`, field `image`) to find similar ones, or send
+    JSON naming an indexed `asset_id` or a `vector`; either can add `text` (hybrid search),
+    label filters with minimum confidences, metadata filters, `k`/`offset` pagination,
+    `min_score` and the hybrid fusion. JSON without a query lists the assets passing the
+    filters. Each hit carries its score, the vector and text scores behind it and the labels
+    that matched the filters: why it was found."""
+    started = time.perf_counter()
+    media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media_type == "multipart/form-data":
+        options, data = await _read_image_form(request, settings)
+        backend = await run_in_threadpool(engine.backend)
+        request_ = options.to_request()
+        request_.vector = await anyio.to_thread.run_sync(
+            engine.embed, backend, data, limiter=request.app.state.image_limiter
+        )
+        kind = "image"
+    elif media_type == "application/json" or media_type.endswith("+json"):
+        query = _validated(SearchQuery, await request.body())
+        backend = await run_in_threadpool(engine.backend)
+        request_ = query.to_request()
+        if query.vector is not None:
+            try:
+                request_.vector = unit_vector(query.vector, backend.embedder.spec.dim)
+            except ValueError as exc:
+                raise _invalid(("body", "vector"), str(exc)) from None
+        if query.asset_id:
+            response = await _timed(engine, similar_to, backend.store, query.asset_id, request_)
+            return _result(response, request_, "asset", backend, started)
+        kind = "vector" if query.vector else "text" if request_.text else "filters"
+    else:
+        raise HTTPException(
+            status_code=415,
+            detail="send multipart/form-data with an 'image' file, or an application/json query",
+        )
+    response = await _timed(engine, backend.store.search, request_)
+    return _result(response, request_, kind, backend, started)
+
+
+@api.get(
+    "/assets/{asset_id}",
+    tags=["assets"],
+    summary="One indexed asset",
+    response_model=Asset,
+    responses=_NOT_FOUND,
+)
+async def get_asset(asset_id: AssetIdPath, engine: EngineDep) -> Asset:
+    """The asset's stored document (labels, metadata, size...) without its embedding."""
+    return Asset.from_document(await _document(engine, asset_id))
+
+
+@api.get(
+    "/assets/{asset_id}/similar",
+    tags=["search"],
+    summary="More like an indexed asset",
+    response_model=SearchResult,
+    responses=_NOT_FOUND,
+)
+async def similar(
+    asset_id: AssetIdPath, options: Annotated[FormFilters, Query()], engine: EngineDep
+) -> SearchResult:
+    """Assets similar to this one (itself left out), with the same filters as `POST /search`
+    in query-string form: `labels_all=Cat:80`, `metadata=source=scikit-image`."""
+    started = time.perf_counter()
+    backend = await run_in_threadpool(engine.backend)
+    request_ = options.to_request()
+    response = await _timed(engine, similar_to, backend.store, asset_id, request_)
+    return _result(response, request_, "asset", backend, started)
+
+
+@api.get(
+    "/assets/{asset_id}/image",
+    tags=["assets"],
+    summary="The original image file",
+    response_class=FileResponse,
+    responses={
+        **_NOT_FOUND,
+        200: {
+            "description": "The file as it was indexed.",
+            "content": {"image/*": {"schema": {"type": "string", "format": "binary"}}},
+        },
+    },
+)
+async def get_image(asset_id: AssetIdPath, engine: EngineDep) -> FileResponse:
+    """Served only for indexed assets whose URI is a local file, never from a path the
+    request names."""
+    doc = await _document(engine, asset_id)
+    path = await run_in_threadpool(media.local_file, doc)
+    return FileResponse(path, media_type=media.media_type(doc), headers=_cache_headers(doc))
+
+
+@api.get(
+    "/assets/{asset_id}/thumbnail",
+    tags=["assets"],
+    summary="A JPEG thumbnail",
+    response_class=FileResponse,
+    responses={
+        **_NOT_FOUND,
+        200: {
+            "description": "JPEG, longest side LOOKALIKE_API_THUMBNAIL_SIZE pixels.",
+            "content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}},
+        },
+        304: {"description": "The client's cached copy (If-None-Match) is current."},
+    },
+)
+async def get_thumbnail(
+    asset_id: AssetIdPath,
+    request: Request,
+    engine: EngineDep,
+    settings: SettingsDep,
+    v: Annotated[  # declared so the document shows the form thumbnail_url takes
+        str | None,
+        Query(max_length=64, description="Cache buster (the content hash); ignored."),
+    ] = None,
+) -> Response:
+    """Made on first request with the same safe decoding as ingestion, then cached on disk
+    under LOOKALIKE_HOME; cacheable by browsers until the file changes."""
+    doc = await _document(engine, asset_id)
+    headers = _cache_headers(doc, settings.api_thumbnail_size)
+    if request.headers.get("if-none-match") == headers["ETag"]:
+        return Response(status_code=304, headers=headers)
+    path = media.thumbnail_path(doc, settings)
+    cached = path.is_file()
+    if not cached:
+        await anyio.to_thread.run_sync(
+            media.make_thumbnail, doc, settings, path, limiter=request.app.state.image_limiter
+        )
+    engine.metrics.thumbnails.labels("hit" if cached else "miss").inc()
+    return FileResponse(path, media_type="image/jpeg", headers=headers)
+
+
+@api.get(
+    "/labels",
+    tags=["search"],
+    summary="Label counts, for facets",
+    response_model=LabelCounts,
+)
+async def labels(
+    engine: EngineDep,
+    min_confidence: Annotated[
+        float, Query(ge=0, le=100, description="Count a label only at this confidence or more.")
+    ] = 50.0,
+    limit: Annotated[int, Query(ge=1, le=1000, description="Most frequent labels returned.")] = 100,
+) -> LabelCounts:
+    """How many assets carry each label, most frequent first (the web page's label chips)."""
+    backend = await run_in_threadpool(engine.backend)
+    counts = await run_in_threadpool(backend.store.label_counts, min_confidence, limit)
+    return LabelCounts(
+        min_confidence=min_confidence,
+        labels=[LabelCount(name=name, count=count) for name, count in counts.items()],
+    )
+
+
+@probes.get("/healthz", summary="Liveness", response_model=Health)
+async def healthz() -> Health:
+    """The process answers (no dependency is checked: restart only what is really stuck)."""
+    return Health()
+
+
+@probes.get(
+    "/readyz",
+    summary="Readiness: model loaded, store reachable",
+    response_model=Readiness,
+    responses={503: {"model": Readiness, "description": "Not ready; `reason` says why."}},
+)
+async def readyz(engine: EngineDep, settings: SettingsDep) -> Readiness | JSONResponse:
+    """Ready when the model is loaded and the active index answers a count."""
+
+    def check() -> Readiness:
+        backend = engine.backend()
+        return Readiness(
+            status="ready",
+            model=backend.model_id,
+            dimension=backend.embedder.spec.dim,
+            store=settings.store,
+            documents=backend.store.count(),
+        )
+
+    try:
+        return await run_in_threadpool(check)
+    except Exception as exc:  # any failure means "not ready", with the reason
+        readiness = Readiness(status="not ready", store=settings.store, reason=str(exc))
+        return JSONResponse(readiness.model_dump(mode="json"), status_code=503)
+
+
+@probes.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
+async def metrics(engine: EngineDep) -> Response:
+    """Request counts and latencies by route, query embedding and store search times,
+    thumbnail cache hits, model reloads, process CPU and memory."""
+    return Response(generate_latest(engine.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+# -- helpers ---------------------------------------------------------------------------------
+
+
+async def _read_image_form(request: Request, settings: Settings) -> tuple[FormFilters, bytes]:
+    """The search options and the image bytes of a multipart search."""
+    async with request.form(max_files=1, max_fields=_MAX_FORM_FIELDS) as form:
+        fields: dict[str, Any] = {}
+        image: UploadFile | None = None
+        for key in form:
+            values = form.getlist(key)
+            if key == "image":
+                image = next((v for v in values if isinstance(v, UploadFile)), None)
+                continue
+            if any(isinstance(v, UploadFile) for v in values):
+                raise _invalid(("body", key), "expected a text field, got a file")
+            fields[key] = values if key in _LIST_FIELDS else values[-1]
+        if image is None:
+            raise _invalid(("body", "image"), "an image file is required", "missing")
+        options = _validated(FormFilters, fields)
+        data = await image.read(settings.api_max_upload_bytes + 1)
+    if len(data) > settings.api_max_upload_bytes:
+        raise HTTPException(status_code=413, detail=upload_limit_message(settings))
+    return options, data
+
+
+def upload_limit_message(settings: Settings) -> str:
+    mib = settings.api_max_upload_bytes / 2**20
+    return f"the upload is larger than the limit of {mib:g} MiB (LOOKALIKE_API_MAX_UPLOAD_BYTES)"
+
+
+def _validated(model: type[M], data: bytes | dict[str, Any]) -> M:
+    """Validate a body by hand (POST /search takes two content types), reporting errors the
+    way FastAPI reports them for declared bodies: 422, located under ``body``."""
+    try:
+        if isinstance(data, bytes):
+            # Strict: JSON has types, so `false` is no confidence and `"5"` no count.
+            return model.model_validate_json(data, strict=True)
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**err, "loc": ("body", *err["loc"])} for err in exc.errors()]
+        ) from None
+
+
+def _invalid(loc: tuple[str, ...], msg: str, kind: str = "value_error") -> RequestValidationError:
+    return RequestValidationError([{"type": kind, "loc": loc, "msg": msg}])
+
+
+async def _document(engine: SearchEngine, asset_id: str) -> AssetDocument:
+    backend = await run_in_threadpool(engine.backend)
+    doc = await run_in_threadpool(backend.store.get, asset_id, False)
+    if doc is None:
+        raise HTTPException(status_code=404, detail=f"no indexed asset with id {asset_id!r}")
+    return doc
+
+
+async def _timed(engine: SearchEngine, func: Any, *args: Any) -> SearchResponse:
+    """Run a store search in a worker thread and record how long the store took."""
+    started = time.perf_counter()
+    try:
+        return await run_in_threadpool(func, *args)
+    finally:
+        engine.metrics.search_seconds.observe(time.perf_counter() - started)
+
+
+def _result(
+    response: SearchResponse,
+    request: SearchRequest,
+    kind: str,
+    backend: Backend,
+    started: float,
+) -> SearchResult:
+    hits = [
+        SearchHit(
+            rank=request.offset + i,
+            document=Asset.from_document(hit.document),
+            **hit.model_dump(exclude={"document"}),
+        )
+        for i, hit in enumerate(response.hits, 1)
+    ]
+    more = len(hits) == request.k and (
+        response.total_candidates is None or request.offset + request.k < response.total_candidates
+    )
+    return SearchResult(
+        hits=hits,
+        total_candidates=response.total_candidates,
+        k=request.k,
+        offset=request.offset,
+        next_offset=request.offset + request.k if more else None,
+        query=kind,
+        model=backend.model_id,
+        took_ms=round((time.perf_counter() - started) * 1000, 2),
+    )
+
+
+def _cache_headers(doc: AssetDocument, size: int | None = None) -> dict[str, str]:
+    """Validators from the content hash: the same file always gets the same ETag."""
+    tag = doc.sha256[:32] if size is None else f"{doc.sha256[:32]}-{size}"
+    return {"ETag": f'"{tag}"', "Cache-Control": "private, max-age=86400"}

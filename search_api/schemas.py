@@ -1,0 +1,433 @@
+"""Request and response models of the HTTP API.
+
+They reuse the core library's models (``LabelFilter``, ``Label``, ``AssetDocument``, ``Hit``)
+so the API cannot drift from what the stores understand, and add only what HTTP needs: bounds
+on every input (so a request cannot ask for unbounded work), the ``NAME:MIN_CONFIDENCE`` and
+``KEY=VALUE`` string forms for query strings and form fields (the CLI's syntax), and links to
+the images.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    model_validator,
+)
+from pydantic.json_schema import SkipJsonSchema
+
+from pipeline.document import AssetDocument
+from pipeline.store.base import Hit, LabelFilter, SearchRequest
+
+MAX_K = 100
+MAX_OFFSET = 10_000
+MAX_FILTERS = 20
+
+# Asset ids are hex digests of the source URI (pipeline.discover.asset_id); the pattern keeps
+# anything else (slashes, dots, quotes) out of store lookups and file names.
+ASSET_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+AssetId = Annotated[
+    str,
+    Field(
+        pattern=ASSET_ID_PATTERN,
+        description="An indexed asset's id.",
+        examples=["c9c3aab28a330cf8c4deecaf68a21e2c"],
+    ),
+]
+
+_CONFIDENCE = r"(100(\.0+)?|[0-9]{1,2}(\.[0-9]+)?)"
+LABEL_SPEC_PATTERN = rf"^[^:]*[^:\s][^:]*(:{_CONFIDENCE})?$"
+METADATA_SPEC_PATTERN = r"^[^=]+=.*$"
+
+
+def _label_spec(value: str) -> str:
+    if re.fullmatch(LABEL_SPEC_PATTERN, value) is None:
+        raise ValueError(f"expected NAME or NAME:MIN_CONFIDENCE (0-100), got {value!r}")
+    return value
+
+
+def _metadata_spec(value: str) -> str:
+    if re.fullmatch(METADATA_SPEC_PATTERN, value) is None:
+        raise ValueError(f"expected KEY=VALUE, got {value!r}")
+    return value
+
+
+# The patterns are published in the schema (json_schema_extra) and checked by the validators,
+# which say what is wrong in words rather than by quoting a regular expression.
+LabelSpec = Annotated[
+    str,
+    Field(
+        max_length=120,
+        json_schema_extra={"pattern": LABEL_SPEC_PATTERN},
+        description="A label filter as NAME or NAME:MIN_CONFIDENCE (percent), e.g. `Cat:80`.",
+        examples=["Cat:80"],
+    ),
+    AfterValidator(_label_spec),
+]
+MetadataSpec = Annotated[
+    str,
+    Field(
+        max_length=300,
+        json_schema_extra={"pattern": METADATA_SPEC_PATTERN},
+        description="A metadata filter as KEY=VALUE; repeat a key to accept several values.",
+        examples=["source=scikit-image"],
+    ),
+    AfterValidator(_metadata_spec),
+]
+FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+
+
+def parse_label_specs(specs: list[str]) -> list[LabelFilter]:
+    return [LabelFilter.parse(spec) for spec in specs]
+
+
+def parse_metadata_specs(specs: list[str]) -> dict[str, list[str]]:
+    metadata: dict[str, list[str]] = {}
+    for spec in specs:
+        key, _, value = spec.partition("=")
+        metadata.setdefault(key.strip(), []).append(value.strip())
+    return metadata
+
+
+class SearchOptions(BaseModel):
+    """Everything a search can add to its query, whatever the query is."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str | None = Field(
+        None,
+        max_length=500,
+        description="Full-text query over titles, descriptions and keywords; with an image, "
+        "asset or vector the search is hybrid.",
+        examples=["sofa"],
+    )
+    k: int = Field(10, ge=1, le=MAX_K, description="Hits per page.")
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="Hits to skip (pagination).")
+    min_score: FiniteFloat | None = Field(
+        None, description="Drop hits whose score is below this (the score the hits are ranked by)."
+    )
+    hybrid: Literal["rrf", "linear"] = Field(
+        "rrf",
+        description="How a hybrid search combines the vector and text rankings: reciprocal "
+        "rank fusion, or a weighted sum of cosine similarity and normalised BM25.",
+    )
+    vector_weight: FiniteFloat = Field(
+        0.5, ge=0, le=1, description="Share of the vector score in a `linear` hybrid score."
+    )
+    rrf_k: int = Field(60, ge=1, le=1000, description="Rank constant of `rrf` fusion.")
+    exclude_ids: list[AssetId] = Field(
+        default_factory=list, max_length=1000, description="Assets never returned."
+    )
+
+
+class LabelFilters(BaseModel):
+    """Label filters, each with a minimum confidence in percent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    all: list[LabelFilter] = Field(
+        default_factory=list, max_length=MAX_FILTERS, description="Every one must match."
+    )
+    any: list[LabelFilter] = Field(
+        default_factory=list, max_length=MAX_FILTERS, description="At least one must match."
+    )
+    none: list[LabelFilter] = Field(
+        default_factory=list, max_length=MAX_FILTERS, description="None may match."
+    )
+
+
+class SearchQuery(SearchOptions):
+    """A JSON search: by an indexed asset, by a vector, by text, or by filters alone."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"asset_id": "c9c3aab28a330cf8c4deecaf68a21e2c", "k": 5},
+                {
+                    "text": "espresso",
+                    "labels": {"all": [{"name": "Cup", "min_confidence": 50}]},
+                    "metadata": {"source": ["scikit-image"]},
+                },
+            ]
+        },
+    )
+
+    asset_id: AssetId | None = Field(
+        None, description="Find assets similar to this indexed one (it is left out of the hits)."
+    )
+    vector: list[FiniteFloat] | None = Field(
+        None,
+        min_length=1,
+        max_length=8192,
+        description="A query embedding of the active model's dimension (see /readyz).",
+    )
+    labels: LabelFilters = Field(default_factory=LabelFilters)
+    metadata: dict[
+        Annotated[str, Field(min_length=1, max_length=100)],
+        Annotated[list[Annotated[str, Field(max_length=200)]], Field(min_length=1, max_length=50)],
+    ] = Field(
+        default_factory=dict,
+        max_length=MAX_FILTERS,
+        description="Metadata key -> accepted values (any of them).",
+        examples=[{"source": ["scikit-image"]}],
+    )
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchQuery:
+        if self.asset_id is not None and self.vector is not None:
+            raise ValueError("give asset_id or vector, not both")
+        return self
+
+    def to_request(self) -> SearchRequest:
+        return _request(
+            self,
+            labels_all=self.labels.all,
+            labels_any=self.labels.any,
+            labels_none=self.labels.none,
+            metadata=self.metadata,
+            vector=self.vector,
+        )
+
+
+class FormFilters(SearchOptions):
+    """Search options in the flat ``NAME:MIN_CONFIDENCE`` / ``KEY=VALUE`` form of query strings
+    and multipart fields, where nested JSON does not fit."""
+
+    labels_all: list[LabelSpec] = Field(
+        default_factory=list, max_length=MAX_FILTERS, description="Labels that must all match."
+    )
+    labels_any: list[LabelSpec] = Field(
+        default_factory=list, max_length=MAX_FILTERS, description="At least one must match."
+    )
+    labels_none: list[LabelSpec] = Field(
+        default_factory=list, max_length=MAX_FILTERS, description="None may match."
+    )
+    metadata: list[MetadataSpec] = Field(
+        default_factory=list, max_length=MAX_FILTERS, description="Metadata filters."
+    )
+
+    def to_request(self) -> SearchRequest:
+        return _request(
+            self,
+            labels_all=parse_label_specs(self.labels_all),
+            labels_any=parse_label_specs(self.labels_any),
+            labels_none=parse_label_specs(self.labels_none),
+            metadata=parse_metadata_specs(self.metadata),
+            vector=None,
+        )
+
+
+def _request(options: SearchOptions, **fields: Any) -> SearchRequest:
+    return SearchRequest(
+        text=options.text,
+        k=options.k,
+        offset=options.offset,
+        min_score=options.min_score,
+        hybrid=options.hybrid,
+        vector_weight=options.vector_weight,
+        rrf_k=options.rrf_k,
+        exclude_ids=options.exclude_ids,
+        **fields,
+    )
+
+
+class Asset(AssetDocument):
+    """An indexed asset as the API shows it: the stored document without its embedding, plus
+    links to its image and thumbnail."""
+
+    embedding: SkipJsonSchema[None] = Field(None, exclude=True)
+    image_url: str = Field(description="The original file (local files only).")
+    thumbnail_url: str = Field(description="A JPEG thumbnail, cached by the server.")
+
+    @classmethod
+    def from_document(cls, doc: AssetDocument) -> Asset:
+        # The content hash in the thumbnail URL lets browsers cache it until the file changes.
+        return cls.model_validate(
+            {
+                **doc.model_dump(exclude={"embedding"}),
+                "image_url": f"/assets/{doc.id}/image",
+                "thumbnail_url": f"/assets/{doc.id}/thumbnail?v={doc.sha256[:12]}",
+            }
+        )
+
+
+class SearchHit(Hit):
+    """One hit. ``score`` ranks it; ``vector_score`` (cosine similarity) and ``text_score``
+    (BM25) say which part of the query it matched, ``matched_labels`` which label filters."""
+
+    rank: int = Field(description="1-based position in the whole result list.")
+    document: Asset
+
+
+_CAT_ID = "c9c3aab28a330cf8c4deecaf68a21e2c"
+_CAT_LABEL = {
+    "name": "Cat",
+    "confidence": 99.85,
+    "parents": ["Feline", "Carnivore", "Mammal", "Vertebrate", "Animal"],
+}
+_RESULT_EXAMPLE = {
+    "hits": [
+        {
+            "rank": 1,
+            "id": _CAT_ID,
+            "score": 0.987,
+            "vector_score": 0.987,
+            "text_score": None,
+            "matched_labels": [_CAT_LABEL],
+            "document": {
+                "id": _CAT_ID,
+                "uri": "file:///home/ann/Pictures/chelsea_flip.jpg",
+                "sha256": "2c0357a57121a80b7145db42b093f743c9a0405e33f9e48fd102319a6ce3af89",
+                "fingerprint": "97dd530f25fb59fd7e7dbf099535da0a9284bbeafef5911800ababc27483e4fa",
+                "size_bytes": 35042,
+                "mtime_ns": 1795351371488478113,
+                "width": 451,
+                "height": 300,
+                "format": "JPEG",
+                "title": "Chelsea the cat (flip)",
+                "description": "A tabby cat sitting on a rug, looking at the camera.",
+                "keywords": ["cat", "pet", "animal"],
+                "metadata": {"source": "scikit-image"},
+                "labels": [
+                    {"name": "Egyptian Cat", "confidence": 71.2, "parents": ["Domestic Cat"]},
+                    _CAT_LABEL,
+                ],
+                "model": "mobilenet_v2-imagenet",
+                "model_version": "1",
+                "ingested_at": "2026-11-22T12:00:00Z",
+                "image_url": f"/assets/{_CAT_ID}/image",
+                "thumbnail_url": f"/assets/{_CAT_ID}/thumbnail?v=2c0357a57121",
+            },
+        }
+    ],
+    "total_candidates": 37,
+    "k": 1,
+    "offset": 0,
+    "next_offset": 1,
+    "query": "image",
+    "model": "mobilenet_v2-imagenet@1",
+    "took_ms": 46.2,
+}
+
+
+class SearchResult(BaseModel):
+    """One page of hits."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [_RESULT_EXAMPLE]})
+
+    hits: list[SearchHit]
+    total_candidates: int | None = Field(
+        None, description="How many assets passed the filters, where the store knows."
+    )
+    k: int
+    offset: int
+    next_offset: int | None = Field(
+        description="`offset` of the next page, or null when this page is the last."
+    )
+    query: Literal["image", "asset", "vector", "text", "filters"] = Field(
+        description="What the hits were ranked by (text joins an image, asset or vector query)."
+    )
+    model: str = Field(description="Model version of the index searched.")
+    took_ms: float = Field(description="Server time for this search, embedding included.")
+
+
+class LabelCount(BaseModel):
+    name: str
+    count: int
+
+
+class LabelCounts(BaseModel):
+    """Label facets: how many assets carry each label with at least ``min_confidence``."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "min_confidence": 50,
+                    "labels": [{"name": "Animal", "count": 8}, {"name": "Cat", "count": 6}],
+                }
+            ]
+        }
+    )
+
+    min_confidence: float
+    labels: list[LabelCount]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "status": "ready",
+                    "model": "mobilenet_v2-imagenet@1",
+                    "dimension": 1280,
+                    "store": "embedded",
+                    "documents": 37,
+                    "reason": None,
+                }
+            ]
+        }
+    )
+
+    status: Literal["ready", "not ready"]
+    model: str | None = Field(None, description="Model version being served.")
+    dimension: int | None = Field(None, description="Length of the model's vectors.")
+    store: str = Field(description="Store backend.")
+    documents: int | None = Field(None, description="Assets in the active index.")
+    reason: str | None = Field(None, description="Why the service is not ready.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error but validation errors: a message saying what went wrong."""
+
+    detail: str = Field(examples=["no indexed asset with id 'abc'"])
+
+
+class ValidationIssue(BaseModel):
+    loc: list[str | int] = Field(description="Where: body, query, path or form, then the field.")
+    msg: str
+    type: str
+
+
+class ValidationErrorResponse(BaseModel):
+    """422: which fields are wrong and why."""
+
+    detail: list[ValidationIssue]
+    message: str = Field(
+        description="The same in one line, e.g. `query.k: Input should be less than or equal "
+        "to 100`."
+    )
+
+
+def error_message(loc: list[str | int] | tuple[str | int, ...], msg: str) -> str:
+    """``body.labels.all.0.min_confidence: ...``: the field named the way a client wrote it."""
+    where = ".".join(str(part) for part in loc)
+    return f"{where}: {msg}" if where else msg
+
+
+def unit_vector(vector: list[float], dim: int) -> list[float]:
+    """``vector`` scaled to unit length, as the stores expect; ``ValueError`` if it cannot be.
+
+    Scaled by its largest component first, so neither huge nor tiny finite values overflow or
+    vanish on the way (a zero-length query would make every cosine score NaN).
+    """
+    if len(vector) != dim:
+        raise ValueError(f"vector has {len(vector)} dimensions; the active model gives {dim}")
+    largest = max(abs(x) for x in vector)
+    if largest == 0:
+        raise ValueError("vector must not be all zeros: it has no direction to compare")
+    scaled = [x / largest for x in vector]
+    norm = math.sqrt(math.fsum(x * x for x in scaled))
+    return [x / norm for x in scaled]

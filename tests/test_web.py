@@ -1,0 +1,165 @@
+"""The web page in a real headless Chromium (Debian's package, driven by Playwright).
+
+Playwright never downloads a browser here: it starts /usr/bin/chromium, with the flags this
+sandboxed machine needs (no sandbox as root, no GPU, and no background network traffic, which
+the closed network refuses). `.ci/run` installs the package; without it these tests skip.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import uvicorn
+
+from pipeline.ingest import ingest
+from pipeline.settings import Settings
+from pipeline.store import open_store
+from search_api import create_app
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_FLAGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+CAT_COPIES = {
+    "chelsea",
+    "chelsea_crop",
+    "chelsea_flip",
+    "chelsea_warm",
+    "chelsea_small",
+    "chelsea_q30",
+}
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not CHROMIUM.exists(),
+        reason=f"Debian's chromium is not installed ({CHROMIUM}): "
+        "`apt-get install -y chromium`, as .ci/run does",
+    ),
+]
+
+
+@contextmanager
+def serving(settings: Settings) -> Iterator[str]:
+    """The app on a free loopback port, in a thread; yields its base URL."""
+    server = uvicorn.Server(
+        uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        assert thread.is_alive(), "the server failed to start"
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def base_url(
+    sample_manifest: Path, embedder, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    settings = Settings(home=tmp_path_factory.mktemp("web_home"), batch_size=8)
+    store = open_store(embedder.model_id, settings)
+    ingest(
+        sample_manifest.parent, sample_manifest, store=store, embedder=embedder, settings=settings
+    )
+    with serving(settings) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_FLAGS)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, base_url: str):
+    context = browser.new_context(viewport={"width": 1360, "height": 900}, base_url=base_url)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto("/")
+    yield page
+    context.close()
+    assert not errors, f"JavaScript errors on the page: {errors}"
+
+
+def result_stems(page) -> list[str]:
+    uris = page.locator("#grid .card").evaluate_all("cards => cards.map(c => c.dataset.uri)")
+    return [uri.rsplit("/", 1)[-1].rsplit(".", 1)[0] for uri in uris]
+
+
+def wait_for_heading(page, text: str) -> None:
+    page.wait_for_function(
+        "text => document.querySelector('#heading').textContent === text"
+        " && !document.body.classList.contains('busy')",
+        arg=text,
+    )
+
+
+def test_upload_the_cat_see_its_copies_then_more_like_a_result(page, sample_manifest: Path) -> None:
+    page.wait_for_selector("#grid .card")  # the library is listed before any query
+    page.wait_for_selector("#chips .chip")  # label chips come from /labels
+    page.set_input_files("#file", sample_manifest.parent / "originals" / "chelsea.jpg")
+    wait_for_heading(page, "Similar images")
+    found = result_stems(page)
+    assert set(found[:6]) == CAT_COPIES, found
+    first = page.locator("#grid .card").first
+    assert first.locator(".score").text_content() == "1.000"
+    assert "looks" in first.locator(".why").text_content()
+    page.wait_for_function(  # its thumbnail really loads
+        "() => { const img = document.querySelector('#grid .card img');"
+        " return img.complete && img.naturalWidth > 0; }"
+    )
+
+    clicked = found[1]
+    page.locator("#grid .card").nth(1).locator(".thumb").click()
+    wait_for_heading(page, "More like this")
+    similar = result_stems(page)
+    assert clicked not in similar, "the query asset itself is left out"
+    assert set(similar[:5]) == CAT_COPIES - {clicked}, similar
+    assert page.locator("#query-caption").text_content().startswith("Chelsea the cat")
+
+
+def test_label_chip_and_region_crop_narrow_the_search(page, sample_manifest: Path) -> None:
+    page.set_input_files("#file", sample_manifest.parent / "originals" / "coffee.jpg")
+    wait_for_heading(page, "Similar images")
+    assert result_stems(page)[0] == "coffee"
+
+    # Drag a box around the cup: the region is cropped in the page and uploaded.
+    box = page.locator("#query-img").bounding_box()
+    assert box is not None
+    with page.expect_request(lambda r: r.url.endswith("/search") and r.method == "POST") as sent:
+        page.mouse.move(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.15)
+        page.mouse.down()
+        page.mouse.move(box["x"] + box["width"] * 0.75, box["y"] + box["height"] * 0.85, steps=4)
+        page.mouse.up()
+    assert sent.value.headers["content-type"].startswith("multipart/form-data")
+    wait_for_heading(page, "Similar images")
+    assert page.locator("#crop").is_visible()
+    assert page.locator("#query-caption").text_content().startswith("Region ")
+    assert result_stems(page)[0].startswith("coffee")
+
+    page.locator("#chips .chip[data-label='Cat']").click()
+    wait_for_heading(page, "Similar images")
+    assert set(result_stems(page)) == CAT_COPIES
+    assert page.locator("#grid .card .tag.matched").first.text_content().startswith("Cat ")
