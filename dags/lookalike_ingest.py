@@ -1,0 +1,187 @@
+"""
+## Lookalike: incremental ingestion
+
+Brings the search index in line with a media folder: new and changed images are read, embedded,
+labelled and written; files that cannot be decoded are quarantined with the reason; documents of
+deleted files are removed. An unchanged folder costs a directory walk and writes nothing.
+
+**Tasks**: `discover` (scan, compare with the index) -> `plan_batches` -> `embed_batch` (one
+mapped task per batch: read, embed, label, write) -> `remove_deleted` -> `summary` (returned as
+XCom, logged, and recorded in the store, where Dashboards and `lookalike runs` read it) ->
+`announce` (updates the `lookalike_index` Asset when the index changed, so downstream DAGs can
+be scheduled on it).
+
+**Safe to re-run and to retry**: documents are upserted by id, so a retried batch or a re-run
+interval duplicates nothing; each batch carries the index state it was planned against.
+
+**Params**: `source` (folder), `manifest` (CSV/Parquet with titles, keywords, metadata),
+`batch_size` (images per mapped task) and `store` (`embedded`, `opensearch`, `elasticsearch`).
+With a cluster store the URL and credentials come from the Airflow connection
+`opensearch_default` (the OpenSearch provider's), or from the `LOOKALIKE_CLUSTER_*` settings.
+
+**Settings** (`LOOKALIKE_*` variables of the Airflow processes): `INGEST_SOURCE`,
+`INGEST_MANIFEST`, `INGEST_SCHEDULE` (default hourly), `AIRFLOW_MAX_ACTIVE_TASKS` and
+`AIRFLOW_POOL` (each embedding task holds a TensorFlow model, ~0.8 GB).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from datetime import timedelta
+from typing import Any
+
+import pendulum
+from airflow.sdk import Asset, BaseHook, Param, dag, task
+from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSkipException
+
+from pipeline.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+SETTINGS = get_settings()
+INDEX = Asset(name="lookalike_index", uri=SETTINGS.index_asset_uri)
+
+
+def _connection(conn_id: str) -> Any | None:
+    """The Airflow connection for a cluster store, or ``None`` to use the settings."""
+    try:
+        return BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+
+
+def _settings(params: Mapping[str, Any]) -> Settings:
+    return Settings.for_run({"store": params["store"]}, _connection)
+
+
+@dag(
+    dag_id="lookalike_ingest",
+    schedule=SETTINGS.ingest_schedule,
+    start_date=pendulum.datetime(2025, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,  # two runs over one folder would plan the same work twice
+    max_active_tasks=SETTINGS.airflow_max_active_tasks,
+    default_args={
+        "owner": "lookalike",
+        "retries": 3,
+        "retry_delay": timedelta(minutes=1),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=30),
+    },
+    params={
+        "source": Param(
+            str(SETTINGS.ingest_source or SETTINGS.samples_dir),
+            type="string",
+            minLength=1,
+            description="Folder of images, scanned recursively.",
+        ),
+        "manifest": Param(
+            str(SETTINGS.ingest_manifest) if SETTINGS.ingest_manifest else None,
+            type=["null", "string"],
+            description="CSV/Parquet manifest: path, title, description, keywords, metadata.",
+        ),
+        "batch_size": Param(
+            SETTINGS.airflow_batch_size,
+            type="integer",
+            minimum=1,
+            description="Images per mapped task.",
+        ),
+        "store": Param(
+            SETTINGS.store,
+            type="string",
+            enum=["embedded", "opensearch", "elasticsearch"],
+            description="Where the index lives.",
+        ),
+    },
+    tags=["lookalike", "ingest"],
+    doc_md=__doc__,
+)
+def lookalike_ingest() -> None:
+    @task
+    def discover(params: dict[str, Any], run_id: str) -> dict[str, Any]:
+        """Scan the folder and compare it with the index: what to embed, what to delete."""
+        from pipeline.ingest import plan_run
+
+        plan = plan_run(params["source"], params["manifest"], _settings(params), run_id=run_id)
+        log.info(
+            "%s: %d to embed, %d unchanged, %d to delete (index %s)",
+            plan.source,
+            len(plan.todo),
+            plan.unchanged,
+            len(plan.deleted),
+            plan.model,
+        )
+        return plan.model_dump(mode="json")
+
+    @task
+    def plan_batches(plan: dict[str, Any], params: dict[str, Any]) -> list[list[dict[str, Any]]]:
+        """One batch per mapped task, never more batches than Airflow maps."""
+        from airflow.sdk.configuration import conf
+
+        from pipeline.ingest import plan_batches
+
+        limit = conf.getint("core", "max_map_length", fallback=1024)
+        return plan_batches(plan["todo"], params["batch_size"], max_batches=limit)
+
+    @task(pool=SETTINGS.airflow_pool)
+    def embed_batch(
+        batch: list[dict[str, Any]], plan: dict[str, Any], params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Read, embed, label and write one batch (idempotent: upserts by id)."""
+        from pipeline.ingest import AssetRef, run_batch
+
+        refs = [AssetRef.model_validate(ref) for ref in batch]
+        return run_batch(refs, plan["model"], _settings(params)).model_dump(mode="json")
+
+    @task(trigger_rule="none_failed")  # also when there was nothing to embed
+    def remove_deleted(plan: dict[str, Any], params: dict[str, Any]) -> int:
+        """Remove the documents of files that are gone."""
+        from pipeline.ingest import RunPlan, remove_deleted
+
+        return remove_deleted(RunPlan.model_validate(plan), _settings(params))
+
+    @task(trigger_rule="none_failed")
+    def summary(
+        plan: dict[str, Any], results: list[dict[str, Any]], deleted: int, params: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Close the run: compact the index, record the summary in the store, return it."""
+        from pipeline.ingest import BatchResult, RunPlan, finish_run
+
+        run = finish_run(
+            RunPlan.model_validate(plan),
+            [BatchResult.model_validate(r) for r in results or []],
+            deleted,
+            _settings(params),
+        )
+        log.info(
+            "new %d, updated %d, unchanged %d, deleted %d, quarantined %d (%.1f s, %.1f images/s)",
+            run.new,
+            run.updated,
+            run.unchanged,
+            run.deleted,
+            len(run.quarantined),
+            run.duration_s,
+            run.images_per_s,
+        )
+        for item in run.quarantined:
+            log.warning("quarantined %s: %s", item.uri, item.reason)
+        return run.model_dump(mode="json")
+
+    @task(outlets=[INDEX])
+    def announce(summary: dict[str, Any], outlet_events: Any) -> None:
+        """Update the index Asset, but only when this run changed the index."""
+        if not (summary["new"] or summary["updated"] or summary["deleted"]):
+            raise AirflowSkipException("the index did not change")
+        outlet_events[INDEX].extra = {
+            key: summary[key] for key in ("run_id", "model", "new", "updated", "deleted")
+        }
+
+    plan = discover()
+    written = embed_batch.partial(plan=plan).expand(batch=plan_batches(plan))
+    deleted = remove_deleted(plan)
+    written >> deleted
+    announce(summary(plan, written, deleted))
+
+
+lookalike_ingest()

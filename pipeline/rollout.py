@@ -1,0 +1,587 @@
+"""Model rollout: re-embed the library with a new model version, prove that the new index is at
+least as good as the current one, switch searches to it in one atomic step; switch back on demand.
+
+Zero downtime by construction: every model version has its own index and searches follow the
+alias (``Store.activate`` moves it atomically), so while the new index fills, searches keep
+reading the current one, untouched; the switch is one alias move and the previous index stays
+as it was, so a rollback is one more move.
+
+The steps (the rollout DAG runs each as a task; ``rollout`` runs them in one process):
+
+1. ``plan_backfill``: the assets of the active index that the new one lacks (or holds with
+   another fingerprint). Planning again after a failure resumes where the last attempt stopped.
+2. ``backfill_batch``: re-read each asset's file by its URI, embed and label it with the new
+   model, copy its metadata from the current index and upsert it (idempotent).
+3. ``validate``: build the new index's search structures, check that it holds exactly the
+   current index's documents, then the quality gate: mAP on a labelled evaluation set when one
+   is configured, otherwise a self-check that needs no labels (transformed copies of sampled
+   assets must find their originals at rank 1). Failures raise; the alias does not move.
+4. ``activate``: move the alias, if it still points where the plan found it. The switch is
+   recorded as a run whose ``source`` is ``index:<previous model id>`` (Dashboards list it with
+   the ingest runs), which is how ``rollback`` knows where "back" is.
+
+Rolling back to an older index and ingesting again later brings it up to date incrementally:
+ingestion compares the files with the states of whichever index is active.
+"""
+
+from __future__ import annotations
+
+import io
+import random
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+from urllib.parse import unquote, urlparse
+
+import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
+from pydantic import BaseModel, Field
+
+from pipeline.decode import DecodeError, decode_image
+from pipeline.discover import SourceAsset, read_manifest
+from pipeline.document import AssetDocument, IngestSummary, QuarantinedItem, StoredState
+from pipeline.ingest import embed_batch, plan_batches, read_batches
+from pipeline.settings import Settings, get_settings
+from pipeline.store.base import SearchRequest, StoreError
+
+if TYPE_CHECKING:
+    from pipeline.embed import Embedder
+    from pipeline.store import Store
+
+SWITCH_PREFIX = "index:"
+"""``IngestSummary.source`` of a recorded alias switch: ``index:<model id it replaced>``."""
+
+# Evaluation images are decoded no larger than this (short side): twice what the models resize
+# to, so a crop keeps enough pixels, while a sample of camera photos stays small in memory.
+_WORKING_SHORT_SIDE = 512
+
+# Self-check: hits looked at per query (an original ranked lower counts as not found).
+_SELF_CHECK_DEPTH = 10
+
+# Self-check transforms: what a library's near-copies look like (re-framed, mirrored,
+# colour-graded, re-compressed). Deterministic, so a gate result can be reproduced.
+_SELF_CHECK: dict[str, Callable[[Image.Image], Image.Image]] = {
+    "crop": lambda im: im.crop(_central_box(im, 0.75)),
+    "flip": ImageOps.mirror,
+    "colour": lambda im: ImageEnhance.Brightness(ImageEnhance.Color(im).enhance(1.5)).enhance(0.85),
+    "jpeg": lambda im: _recompress(im, quality=30),
+}
+
+
+class RolloutError(StoreError):
+    """A rollout or rollback must not go on; the message says why and what to do next."""
+
+
+class QualityGateError(RolloutError):
+    """The new index retrieves worse than the gate allows; the alias was not moved."""
+
+
+class RolloutPlan(BaseModel):
+    """What a rollout has to do; plain JSON, so Airflow tasks can pass it as XCom."""
+
+    run_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    source_model: str = Field(description="The active model version, copied from.")
+    target_model: str = Field(description="The model version rolled out.")
+    started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    todo: list[str] = Field(default_factory=list, description="Ids to embed with the new model.")
+    resumed: int = Field(0, description="Already in the new index from an earlier attempt.")
+    removed: int = Field(0, description="Stale documents removed from the new index.")
+
+
+class BackfillResult(BaseModel):
+    """What one backfill batch did."""
+
+    written: int = 0
+    missing: list[QuarantinedItem] = Field(
+        default_factory=list, description="Assets whose file could not be read again."
+    )
+    seconds: dict[str, float] = Field(default_factory=dict)
+
+
+class GateResult(BaseModel):
+    """The quality gate's measurements and verdict."""
+
+    method: Literal["labelled", "self-check"]
+    metric: str
+    current_model: str
+    candidate_model: str
+    current: float
+    candidate: float
+    required: float = Field(description="The least the candidate had to reach.")
+    queries: int
+    passed: bool
+
+    def describe(self) -> str:
+        verdict = "passed" if self.passed else "failed"
+        return (
+            f"quality gate {verdict}: {self.method} {self.metric} of {self.candidate_model} is "
+            f"{self.candidate:.3f}, needs at least {self.required:.3f} "
+            f"({self.current_model}: {self.current:.3f}; {self.queries} queries)"
+        )
+
+
+class Validation(BaseModel):
+    documents: int
+    gate: GateResult
+
+
+class Switch(BaseModel):
+    """One alias move."""
+
+    previous: str | None
+    active: str
+
+
+class Rollout(BaseModel):
+    """A whole rollout, as ``lookalike rollout`` reports it."""
+
+    plan: RolloutPlan
+    embedded: int
+    validation: Validation
+    switch: Switch
+
+
+def plan_backfill(
+    model: str, settings: Settings | None = None, *, run_id: str | None = None
+) -> RolloutPlan:
+    """Create the new model version's index (if needed) and list what it lacks.
+
+    ``model`` is a registry name (``mobilenet_v2-gem-imagenet``) or a model id
+    (``mobilenet_v2-gem-imagenet@1``). Documents the new index holds but the active one no
+    longer does (left by an earlier attempt) are removed, so the two can match exactly.
+    """
+    from pipeline.backbones import get_spec
+    from pipeline.store import model_name, open_store
+
+    settings = settings or get_settings()
+    spec = get_spec(model_name(model))
+    if "@" in model and model != spec.model_id:
+        raise RolloutError(f"the model registry has {spec.model_id}, not {model}")
+    with open_store(None, settings) as current:
+        active = current.active_model()
+        if active is None:
+            raise RolloutError("no index is active yet: ingest a library first, then roll out")
+        if active == spec.model_id:
+            raise RolloutError(f"{spec.model_id} is already the active model version")
+        wanted = _documents(current)
+    with open_store(spec.model_id, settings) as target:
+        target.ensure(spec.dim)
+        held = _documents(target)
+        stale = sorted(set(held) - set(wanted))
+        target.delete(stale)
+    todo = sorted(
+        i for i, s in wanted.items() if i not in held or held[i].fingerprint != s.fingerprint
+    )
+    return RolloutPlan(
+        run_id=run_id or uuid.uuid4().hex,
+        source_model=active,
+        target_model=spec.model_id,
+        todo=todo,
+        resumed=len(wanted) - len(todo),
+        removed=len(stale),
+    )
+
+
+def backfill_batch(
+    plan: RolloutPlan,
+    ids: Sequence[str],
+    settings: Settings | None = None,
+    *,
+    embedder: Embedder | None = None,
+) -> BackfillResult:
+    """Embed one batch of the plan into the new index (an Airflow mapped task). Safe to retry:
+    documents are upserted by id. Files that cannot be read are reported, not quarantined:
+    a rollout leaves the current index and the quarantine list as they are."""
+    from pipeline.embed import get_embedder
+    from pipeline.label import get_labeler
+    from pipeline.store import model_name, open_store
+
+    settings = settings or get_settings()
+    embedder = embedder or get_embedder(model_name(plan.target_model))
+    if embedder.model_id != plan.target_model:
+        raise ValueError(
+            f"embedder {embedder.model_id} cannot fill the index of {plan.target_model}"
+        )
+    seconds: dict[str, float] = {"embed": 0.0, "write": 0.0}
+    with open_store(plan.source_model, settings) as current:
+        # An id gone from the current index since planning was deleted by an ingest: skip it.
+        docs = [d for d in (current.get(i, with_embedding=False) for i in ids) if d is not None]
+    chunks = plan_batches([(_source_asset(d), None) for d in docs], settings.batch_size)
+    result = BackfillResult()
+    labeler = get_labeler()
+    with open_store(plan.target_model, settings) as target:
+        for items in read_batches(chunks, embedder, settings, seconds):
+            written, failed, embed_seconds = embed_batch(items, embedder, labeler, settings)
+            start = time.perf_counter()
+            target.upsert(written)
+            seconds["write"] += time.perf_counter() - start
+            seconds["embed"] += embed_seconds
+            result.written += len(written)
+            result.missing += [QuarantinedItem(uri=r.uri, reason=r.reason) for r in failed]
+    result.seconds = {stage: round(value, 3) for stage, value in seconds.items()}
+    return result
+
+
+def validate(
+    plan: RolloutPlan,
+    results: Iterable[BackfillResult],
+    settings: Settings | None = None,
+    *,
+    current_embedder: Embedder | None = None,
+    candidate_embedder: Embedder | None = None,
+) -> Validation:
+    """Finish the new index (build its search structures, as ingestion does after writing),
+    check that it holds exactly the active index's documents, and run the quality gate.
+
+    Raises ``RolloutError`` when the documents differ and ``QualityGateError`` when the new
+    index retrieves worse than allowed; either way the alias stays where it is.
+    """
+    from pipeline.embed import get_embedder
+    from pipeline.store import model_name, open_store
+
+    settings = settings or get_settings()
+    missing = [item for result in results for item in result.missing]
+    keep = f"the alias still points to {plan.source_model}"
+    with (
+        open_store(plan.source_model, settings) as current,
+        open_store(plan.target_model, settings) as target,
+    ):
+        target.optimize()
+        wanted, held = set(_documents(current)), set(_documents(target))
+        if wanted != held or current.count() != target.count():
+            message = (
+                f"document counts differ: {plan.source_model} holds {current.count()} documents, "
+                f"{plan.target_model} holds {target.count()}"
+            )
+            if missing:
+                example = missing[0]
+                message += (
+                    f"; {len(missing)} file(s) could not be read again (e.g. {example.uri}: "
+                    f"{example.reason}): run an ingest (it removes or quarantines them), then "
+                    "roll out again (it resumes)"
+                )
+            else:
+                message += (
+                    f" ({len(wanted - held)} missing, {len(held - wanted)} extra; did an ingest "
+                    "run meanwhile?): roll out again, it resumes where it stopped"
+                )
+            raise RolloutError(f"{message}; {keep}")
+        gate = quality_gate(
+            current,
+            target,
+            current_embedder or get_embedder(model_name(plan.source_model)),
+            candidate_embedder or get_embedder(model_name(plan.target_model)),
+            settings,
+        )
+        if not gate.passed:
+            raise QualityGateError(f"{gate.describe()}; {keep}")
+        return Validation(documents=target.count(), gate=gate)
+
+
+def activate(
+    plan: RolloutPlan, results: Iterable[BackfillResult], settings: Settings | None = None
+) -> Switch:
+    """Point the alias at the new index, unless it moved since the plan was made (another
+    rollout or a rollback won the race: the validation no longer applies). Records the switch
+    as a run, for Dashboards and for ``rollback``."""
+    from pipeline.store import open_store
+
+    results = list(results)
+    with open_store(plan.target_model, settings or get_settings()) as target:
+        active = target.active_model()
+        if active != plan.source_model:
+            raise RolloutError(
+                f"the alias moved from {plan.source_model} to {active} during the rollout; "
+                "roll out again"
+            )
+        previous = target.activate()
+        summary = _switch_summary(plan.target_model, previous, plan.run_id, plan.started_at)
+        summary.new = sum(r.written for r in results)
+        summary.unchanged, summary.deleted = plan.resumed, plan.removed
+        for result in results:
+            for stage, seconds in result.seconds.items():
+                summary.stage_seconds[stage] = round(
+                    summary.stage_seconds.get(stage, 0) + seconds, 3
+                )
+        summary.images_per_s = (
+            round(summary.new / summary.duration_s, 2) if summary.duration_s else 0
+        )
+        target.record_run(summary)
+    return Switch(previous=previous, active=plan.target_model)
+
+
+def rollback(settings: Settings | None = None, to: str | None = None) -> Switch:
+    """Point the alias back at the version the last switch replaced (or at ``to``).
+
+    Instant: the previous index was kept. Recorded like any switch, so rolling back twice
+    returns to where it started.
+    """
+    from pipeline.store import open_store
+
+    settings = settings or get_settings()
+    with open_store(None, settings) as current:
+        active = current.active_model()
+        if active is None:
+            raise RolloutError("no index is active yet: there is nothing to roll back")
+        indexes = {info.model_id: info.count for info in current.indexes()}
+        if to is None:
+            switches = [
+                r
+                for r in current.runs(limit=1000)
+                if r.source.startswith(SWITCH_PREFIX) and r.model == active
+            ]
+            if not switches:
+                raise RolloutError(
+                    f"no recorded switch to {active}: name the version to roll back to "
+                    f"(indexed: {', '.join(sorted(indexes)) or 'none'})"
+                )
+            to = switches[0].source.removeprefix(SWITCH_PREFIX)
+    if to == active:
+        raise RolloutError(f"{to} is already the active model version")
+    if not indexes.get(to):
+        raise RolloutError(
+            f"no index with documents for {to}; indexed: {', '.join(sorted(indexes)) or 'none'}"
+        )
+    with open_store(to, settings) as target:
+        previous = target.activate()
+        target.record_run(_switch_summary(to, previous, uuid.uuid4().hex, datetime.now(UTC)))
+    return Switch(previous=previous, active=to)
+
+
+def rollout(model: str, settings: Settings | None = None) -> Rollout:
+    """All the steps in one process (``lookalike rollout``), with the same functions the DAG
+    runs as tasks."""
+    settings = settings or get_settings()
+    plan = plan_backfill(model, settings)
+    results = [
+        backfill_batch(plan, batch, settings)
+        for batch in plan_batches(plan.todo, settings.batch_size)
+    ]
+    validation = validate(plan, results, settings)
+    switch = activate(plan, results, settings)
+    return Rollout(
+        plan=plan,
+        embedded=sum(r.written for r in results),
+        validation=validation,
+        switch=switch,
+    )
+
+
+# -- the quality gate --------------------------------------------------------------------------
+
+
+def quality_gate(
+    current: Store,
+    candidate: Store,
+    current_embedder: Embedder,
+    candidate_embedder: Embedder,
+    settings: Settings,
+) -> GateResult:
+    """Measure both versions the same way and decide. With a labelled evaluation set: mAP of
+    leave-one-out retrieval within the set. Without: the self-check rank-1 rate on the indexes
+    themselves. The candidate passes when it is not worse than the current version by more than
+    ``rollout_tolerance`` (and, for the self-check, reaches ``rollout_min_match_rate``)."""
+    tolerance = settings.rollout_tolerance
+    models = {"current_model": current.model_id, "candidate_model": candidate.model_id}
+    if settings.rollout_eval_manifest is not None:
+        images, labels = _labelled_set(settings)
+        now = mean_average_precision(_embed(images, current_embedder, settings), labels)
+        new = mean_average_precision(_embed(images, candidate_embedder, settings), labels)
+        required = now - tolerance
+        return GateResult(
+            method="labelled",
+            metric="mAP",
+            current=now,
+            candidate=new,
+            required=required,
+            queries=len(images),
+            passed=new >= required,
+            **models,
+        )
+    images, truth = self_check_queries(current, settings)
+    now = _rank1_rate(current, _embed(images, current_embedder, settings), truth)
+    new = _rank1_rate(candidate, _embed(images, candidate_embedder, settings), truth)
+    required = max(settings.rollout_min_match_rate, now - tolerance)
+    return GateResult(
+        method="self-check",
+        metric="rank-1 rate",
+        current=now,
+        candidate=new,
+        required=required,
+        queries=len(images),
+        passed=new >= required,
+        **models,
+    )
+
+
+def self_check_queries(store: Store, settings: Settings) -> tuple[list[Image.Image], list[str]]:
+    """Transformed copies of a seeded random sample of the indexed assets, with the id each
+    must find. Needs no labels: an asset's own original is the right answer."""
+    ids = sorted(_documents(store))
+    sample = random.Random(settings.rollout_seed).sample(
+        ids, min(settings.rollout_sample_size, len(ids))
+    )
+    images, truth = [], []
+    for asset_id in sample:
+        doc = store.get(asset_id, with_embedding=False)
+        original = _read_image(doc, settings) if doc is not None else None
+        if original is None:
+            continue  # unreadable now: the document check reports such files
+        for transform in _SELF_CHECK.values():
+            images.append(transform(original))
+            truth.append(asset_id)
+    if not images:
+        raise RolloutError("self-check: none of the sampled assets could be read again")
+    return images, truth
+
+
+def mean_average_precision(embeddings: np.ndarray, labels: Sequence[str]) -> float:
+    """Leave-one-out retrieval within a labelled set: every image queries all the others; the
+    images with its label are the relevant ones. Images alone in their label only serve as
+    distractors."""
+    labels_arr = np.asarray(labels)
+    similarity = embeddings @ embeddings.T
+    precisions = []
+    for i in range(len(labels_arr)):
+        order = [j for j in np.argsort(-similarity[i], kind="stable") if j != i]
+        relevant = labels_arr[order] == labels_arr[i]
+        if not relevant.any():
+            continue
+        ranks = np.flatnonzero(relevant) + 1
+        precisions.append(float(np.mean(np.arange(1, len(ranks) + 1) / ranks)))
+    if not precisions:
+        raise RolloutError("the evaluation set needs at least two images with the same label")
+    return float(np.mean(precisions))
+
+
+def _labelled_set(settings: Settings) -> tuple[list[Image.Image], list[str]]:
+    manifest = Path(settings.rollout_eval_manifest)
+    column = settings.rollout_eval_label_column
+    images, labels = [], []
+    for path, row in read_manifest(manifest, base=manifest.parent).items():
+        label = row["metadata"].get(column)
+        if label is None:
+            continue
+        try:
+            images.append(_decode_small(path.read_bytes(), settings))
+        except (OSError, DecodeError) as exc:
+            raise RolloutError(f"evaluation set {manifest}: cannot use {path}: {exc}") from exc
+        labels.append(label)
+    if not images:
+        raise RolloutError(f"evaluation set {manifest}: no row has a {column!r} value")
+    return images, labels
+
+
+def _embed(images: Sequence[Image.Image], embedder: Embedder, settings: Settings) -> np.ndarray:
+    batches = plan_batches(images, settings.batch_size)
+    return np.concatenate(
+        [
+            embedder.predict(np.stack([embedder.preprocess(im) for im in b])).embeddings
+            for b in batches
+        ]
+    )
+
+
+def _rank1_rate(store: Store, vectors: np.ndarray, truth: Sequence[str]) -> float:
+    """Share of queries that find their original first. A library holds its own near-copies
+    (resized, re-encoded, converted files: the very thing Lookalike finds), so a document
+    ranked above the original still counts as a right answer when it is at least as similar
+    to the original as the query is: it is a copy of the original, not a retrieval error."""
+    found = 0
+    for vector, expected in zip(vectors, truth, strict=True):
+        hits = store.search(SearchRequest(vector=vector.tolist(), k=_SELF_CHECK_DEPTH)).hits
+        rank = next((r for r, hit in enumerate(hits) if hit.id == expected), None)
+        if rank is None:
+            continue
+        if rank == 0:
+            found += 1
+            continue
+        original = np.asarray(store.get(expected).embedding)
+        query_similarity = float(original @ vector)
+        found += all(
+            float(original @ np.asarray(store.get(hit.id).embedding)) >= query_similarity
+            for hit in hits[:rank]
+        )
+    return found / len(truth)
+
+
+# -- helpers -----------------------------------------------------------------------------------
+
+
+def _documents(store: Store) -> dict[str, StoredState]:
+    """Id -> state of the indexed documents (the quarantine list is shared by all versions)."""
+    return {i: s for i, s in store.states().items() if not s.quarantined}
+
+
+def _path(uri: str) -> Path | None:
+    parsed = urlparse(uri)
+    return Path(unquote(parsed.path)) if parsed.scheme == "file" else None
+
+
+def _source_asset(doc: AssetDocument) -> SourceAsset:
+    """The asset behind an indexed document as ingestion would see it now: its file's current
+    size and mtime (so the next ingest finds it unchanged) and the document's metadata (so the
+    fingerprint, which covers both, matches when the file did not change)."""
+    path = _path(doc.uri)
+    try:
+        stat = path.stat() if path is not None else None
+    except OSError:
+        stat = None
+    return SourceAsset(
+        id=doc.id,
+        uri=doc.uri,
+        path=path or Path(),
+        size_bytes=stat.st_size if stat else 0,
+        mtime_ns=stat.st_mtime_ns if stat else 0,
+        title=doc.title,
+        description=doc.description,
+        keywords=tuple(doc.keywords),
+        metadata=dict(doc.metadata),
+        exists=stat is not None,
+    )
+
+
+def _read_image(doc: AssetDocument, settings: Settings) -> Image.Image | None:
+    path = _path(doc.uri)
+    try:
+        return _decode_small(path.read_bytes() if path is not None else b"", settings)
+    except (OSError, DecodeError):
+        return None
+
+
+def _decode_small(data: bytes, settings: Settings) -> Image.Image:
+    image = decode_image(
+        data, max_pixels=settings.max_image_pixels, min_size=_WORKING_SHORT_SIDE
+    ).image
+    scale = _WORKING_SHORT_SIDE / min(image.size)
+    if scale < 1:
+        size = (round(image.width * scale), round(image.height * scale))
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    return image
+
+
+def _switch_summary(
+    model: str, previous: str | None, run_id: str, started_at: datetime
+) -> IngestSummary:
+    return IngestSummary(
+        run_id=run_id,
+        source=f"{SWITCH_PREFIX}{previous or ''}",
+        started_at=started_at,
+        model=model,
+        duration_s=round((datetime.now(UTC) - started_at).total_seconds(), 3),
+    )
+
+
+def _central_box(im: Image.Image, fraction: float) -> tuple[int, int, int, int]:
+    w, h = int(im.width * fraction), int(im.height * fraction)
+    left, top = (im.width - w) // 2, (im.height - h) // 2
+    return left, top, left + w, top + h
+
+
+def _recompress(im: Image.Image, quality: int) -> Image.Image:
+    buffer = io.BytesIO()
+    im.save(buffer, format="JPEG", quality=quality)
+    return Image.open(io.BytesIO(buffer.getvalue())).convert("RGB")

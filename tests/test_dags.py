@@ -1,0 +1,356 @@
+"""The Airflow DAGs: integrity (as the Astronomer project template checks it) and real runs.
+
+Runs go through ``dag.test()``: Airflow 3 in this process, on a throw-away SQLite metadata
+database, with the real model and the real sample library, offline. Airflow reads its
+configuration once, when it is first imported, so the ``airflow_env`` fixture sets
+``AIRFLOW_HOME`` and the DAG folder before anything imports it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from pipeline.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).parents[1]
+DAGS = REPO / "dags"
+BASE, GEM = "mobilenet_v2-imagenet@1", "mobilenet_v2-gem-imagenet@1"
+
+
+@pytest.fixture(scope="module")
+def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Airflow configured for this module, its metadata database created, the DAGs parsed."""
+    home = tmp_path_factory.mktemp("airflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("AIRFLOW_HOME", str(home))
+        mp.setenv("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
+        mp.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(DAGS))
+        mp.setenv("AIRFLOW__CORE__UNIT_TEST_MODE", "True")
+        from airflow.dag_processing.dagbag import DagBag
+        from airflow.utils import db
+
+        db.resetdb()
+        bag = DagBag(str(DAGS))
+        yield {"bag": bag, "home": home}
+
+
+@pytest.fixture
+def lookalike(
+    embedder, tmp_path: Path, sample_manifest: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, Path]:
+    """A fresh store for the DAG runs (they read ``LOOKALIKE_*`` from the environment, as on a
+    worker) and a writable copy of the sample library. The model cache stays the session's:
+    ``embedder`` loaded it, and the new home's ``models`` points at it."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "models").symlink_to(Settings().model_dir, target_is_directory=True)
+    monkeypatch.setenv("LOOKALIKE_HOME", str(home))
+    monkeypatch.setenv("LOOKALIKE_ROLLOUT_SAMPLE_SIZE", "8")  # 32 self-check queries
+    library = tmp_path / "library"
+    shutil.copytree(sample_manifest.parent, library)
+    return {"library": library, "manifest": library / "manifest.csv"}
+
+
+def run(dag: Any, **conf: Any) -> Any:
+    """One ``dag.test()`` run with every param spelled out: in-process runs share the task
+    objects, and Airflow 3.3 carries a previous run's conf over into params it leaves out."""
+    return dag.test(run_conf={**{key: param.value for key, param in dag.params.items()}, **conf})
+
+
+def states(dagrun: Any) -> dict[str, list[str]]:
+    found: dict[str, list[str]] = {}
+    for ti in sorted(dagrun.get_task_instances(), key=lambda ti: (ti.task_id, ti.map_index)):
+        found.setdefault(ti.task_id, []).append(str(ti.state))
+    return found
+
+
+def xcom(dagrun: Any, task_id: str) -> Any:
+    return dagrun.get_task_instance(task_id).xcom_pull(task_ids=task_id)
+
+
+def asset_events(dagrun: Any) -> list[dict[str, Any]]:
+    from airflow.models.asset import AssetEvent
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        events = session.scalars(
+            select(AssetEvent).where(AssetEvent.source_run_id == dagrun.run_id)
+        ).all()
+        return [dict(event.extra) for event in events]
+
+
+# -- integrity ---------------------------------------------------------------------------------
+
+_PARSE = """
+import json, os, sys, time
+from airflow.dag_processing.dagbag import DagBag
+start = time.perf_counter()
+bag = DagBag(sys.argv[1])
+print(json.dumps({
+    "seconds": time.perf_counter() - start,
+    "files": {os.path.basename(s.file): s.duration.total_seconds() for s in bag.dagbag_stats},
+    "errors": {os.path.basename(k): v for k, v in bag.import_errors.items()},
+    "tensorflow": "tensorflow" in sys.modules or "keras" in sys.modules,
+    "schedule": str(bag.dags["lookalike_ingest"].schedule),
+}))
+"""
+
+
+def test_dag_files_parse_in_a_fraction_of_a_second_without_tensorflow(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(tmp_path),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
+        "LOOKALIKE_INGEST_SCHEDULE": "*/20 * * * *",
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", _PARSE, str(DAGS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=tmp_path,
+    )
+    parsed = json.loads(done.stdout.strip().splitlines()[-1])
+    print(parsed)
+    assert parsed["errors"] == {}
+    assert set(parsed["files"]) == {"lookalike_ingest.py", "lookalike_rollout.py"}
+    assert all(seconds < 1.0 for seconds in parsed["files"].values()), parsed["files"]
+    assert not parsed["tensorflow"], "TensorFlow must be imported inside tasks only"
+    assert parsed["schedule"] == "*/20 * * * *", "the schedule comes from the settings"
+
+
+def test_every_dag_has_tags_docs_and_retries(airflow_env: dict[str, Any]) -> None:
+    bag = airflow_env["bag"]
+    assert not bag.import_errors
+    assert set(bag.dags) == {"lookalike_ingest", "lookalike_rollout"}
+    for dag_id, dag in bag.dags.items():
+        assert dag.tags and "lookalike" in dag.tags, dag_id
+        assert dag.doc_md and dag.doc_md.strip().startswith("## Lookalike"), dag_id
+        assert dag.default_args.get("retries", 0) >= 2, dag_id
+        assert all(task.retries >= 2 for task in dag.tasks), dag_id
+        assert dag.max_active_tasks == Settings().airflow_max_active_tasks, dag_id
+    ingest = bag.dags["lookalike_ingest"]
+    assert str(ingest.schedule) == "@hourly"
+    assert set(ingest.params) == {"source", "manifest", "batch_size", "store"}
+    assert ingest.get_task("embed_batch").pool == Settings().airflow_pool
+    outlets = {t.task_id: [a.name for a in t.outlets] for t in ingest.tasks if t.outlets}
+    assert outlets == {"announce": ["lookalike_index"]}
+    rollout = bag.dags["lookalike_rollout"]
+    assert rollout.schedule is None and {"model", "rollback"} <= set(rollout.params)
+
+
+def test_the_opensearch_connection_configures_a_cluster_store(
+    airflow_env: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The DAGs read the OpenSearch provider's ``opensearch_default`` connection (here from an
+    ``AIRFLOW_CONN_*`` variable, one of Airflow's secrets backends) into the cluster settings;
+    without it, the ``LOOKALIKE_CLUSTER_*`` settings apply."""
+    spec = importlib.util.spec_from_file_location(
+        "lookalike_ingest_dag", DAGS / "lookalike_ingest.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    monkeypatch.setenv("LOOKALIKE_CLUSTER_URLS", "https://fallback.example:9200")
+    fallback = module._settings({"store": "opensearch"})
+    assert fallback.cluster_urls == ["https://fallback.example:9200"]
+    connection = {
+        "conn_type": "opensearch",
+        "host": "search.example.org",
+        "port": 9201,
+        "login": "lookalike",
+        "password": "s3cret",
+        "extra": {"use_ssl": True, "verify_certs": False, "timeout": 12},
+    }
+    monkeypatch.setenv("AIRFLOW_CONN_OPENSEARCH_DEFAULT", json.dumps(connection))
+    settings = module._settings({"store": "opensearch"})
+    assert settings.store == "opensearch"
+    assert settings.cluster_urls == ["https://search.example.org:9201"]
+    assert settings.cluster_user == "lookalike"
+    assert settings.cluster_password.get_secret_value() == "s3cret"
+    assert settings.cluster_verify_certs is False and settings.cluster_timeout_s == 12
+    assert module._settings({"store": "embedded"}).cluster_urls == fallback.cluster_urls
+
+
+# -- the ingest DAG ----------------------------------------------------------------------------
+
+
+def test_ingest_dag_indexes_once_writes_nothing_again_and_removes_deleted_files(
+    airflow_env: dict[str, Any], lookalike: dict[str, Path]
+) -> None:
+    from pipeline.discover import asset_id, path_to_uri
+    from pipeline.store import open_store
+
+    dag = airflow_env["bag"].dags["lookalike_ingest"]
+    library, manifest = lookalike["library"], lookalike["manifest"]
+    conf = {"source": str(library), "manifest": str(manifest), "batch_size": 16}
+    good = len(pd.read_csv(manifest)) + len(list((library / "formats").iterdir()))
+
+    first = run(dag, **conf)
+    assert first.state == "success", states(first)
+    summary = xcom(first, "summary")
+    assert summary["new"] == good and summary["updated"] == summary["deleted"] == 0
+    assert {q["uri"].rsplit("/", 1)[-1] for q in summary["quarantined"]} == {
+        "empty.jpg",
+        "not_an_image.png",
+        "truncated.jpg",
+    }
+    assert all(q["reason"] for q in summary["quarantined"])
+    assert states(first)["embed_batch"] == ["success"] * -(-(good + 3) // 16)
+    with open_store(None, Settings()) as store:
+        assert store.active_model() == BASE and store.count() == good
+        assert store.runs()[0].run_id == first.run_id, "recorded where Dashboards read it"
+        version = store.table.version
+    [event] = asset_events(first)
+    assert event["new"] == good and event["model"] == BASE
+
+    second = run(dag, **conf)
+    assert second.state == "success", states(second)
+    again = xcom(second, "summary")
+    assert (again["new"], again["updated"], again["deleted"], again["quarantined"]) == (0, 0, 0, [])
+    assert again["unchanged"] == good + 3
+    assert states(second)["embed_batch"] == ["skipped"], "nothing to map"
+    assert states(second)["announce"] == ["skipped"] and asset_events(second) == []
+    with open_store(None, Settings()) as store:
+        assert store.table.version == version, "an unchanged folder writes nothing"
+        assert [r.run_id for r in store.runs()] == [first.run_id], "an idle run records nothing"
+
+    gone = library / "formats" / "rocket_cmyk.jpg"  # not in the manifest: a plain file
+    gone_id = asset_id(path_to_uri(gone))
+    with open_store(None, Settings()) as store:
+        before = set(store.states())
+    assert gone_id in before
+    gone.unlink()
+    third = run(dag, **conf)
+    assert third.state == "success", states(third)
+    removed = xcom(third, "summary")
+    assert (removed["new"], removed["updated"], removed["deleted"]) == (0, 0, 1)
+    with open_store(None, Settings()) as store:
+        assert store.count() == good - 1
+        assert set(store.states()) == before - {gone_id}, "exactly that asset"
+    assert asset_events(third)[0]["deleted"] == 1
+
+
+def test_a_retried_batch_duplicates_nothing(embedder, lookalike: dict[str, Path]) -> None:
+    """What a mapped ``embed_batch`` retry does after a crash that happened after its write:
+    the same batch again, counted from the plan's recorded states, upserted by id."""
+    from pipeline.ingest import plan_batches, plan_run, run_batch
+    from pipeline.store import open_store
+
+    settings = Settings(batch_size=4)
+    plan = plan_run(lookalike["library"] / "copies", settings=settings)
+    [batch] = plan_batches(plan.todo, 10)
+    first = run_batch(batch, plan.model, settings)
+    with open_store(plan.model, settings) as store:
+        rows = store.table.to_arrow()
+    retried = run_batch(batch, plan.model, settings)
+    assert first.new == retried.new == 10 and retried.updated == 0
+    with open_store(plan.model, settings) as store:
+        again = store.table.to_arrow()
+        assert store.count() == 10 and len(set(again["id"].to_pylist())) == 10
+    assert sorted(again["id"].to_pylist()) == sorted(rows["id"].to_pylist())
+
+
+# -- the rollout DAG ---------------------------------------------------------------------------
+
+
+class Searcher(threading.Thread):
+    """Searches through ``open_store()`` in a loop, as the API does, recording every model
+    version that answered and every error."""
+
+    def __init__(self, asset_id: str) -> None:
+        super().__init__(daemon=True)
+        self.asset_id = asset_id
+        self.models: list[str] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        from pipeline.search import similar_to
+        from pipeline.store import open_store
+        from pipeline.store.base import SearchRequest
+
+        while not self.stop.is_set():
+            try:
+                with open_store(None, Settings()) as store:
+                    hits = similar_to(store, self.asset_id, SearchRequest(k=3)).hits
+                    if len(hits) != 3:
+                        self.errors.append(f"{len(hits)} hits from {store.model_id}")
+                    self.models.append(store.model_id)
+            except Exception as exc:  # every failure is a finding, whatever its type
+                self.errors.append(repr(exc))
+            time.sleep(0.01)
+
+
+def test_rollout_dag_switches_versions_while_search_answers_and_rolls_back(
+    airflow_env: dict[str, Any], lookalike: dict[str, Path], capfd: pytest.CaptureFixture
+) -> None:
+    from pipeline.ingest import ingest
+    from pipeline.store import open_store
+
+    ingested = ingest(lookalike["library"], lookalike["manifest"], settings=Settings())
+    dag = airflow_env["bag"].dags["lookalike_rollout"]
+    with open_store(None, Settings()) as store:
+        asset_id = next(iter(store.states()))
+        assert store.active_model() == BASE
+
+    searcher = Searcher(asset_id)
+    searcher.start()
+    try:
+        time.sleep(0.5)
+        rolled = run(dag, model="mobilenet_v2-gem-imagenet", batch_size=16)
+        time.sleep(0.5)
+    finally:
+        searcher.stop.set()
+        searcher.join()
+    assert rolled.state == "success", states(rolled)
+    assert searcher.errors == [] and len(searcher.models) > 20
+    assert searcher.models[0] == BASE and searcher.models[-1] == GEM, "before and after"
+    assert set(searcher.models) == {BASE, GEM}
+    assert states(rolled)["rollback"] == ["skipped"]
+    gate = xcom(rolled, "validate")["gate"]
+    assert gate["passed"] and gate["method"] == "self-check" and gate["queries"] == 32
+    assert xcom(rolled, "activate") == {"previous": BASE, "active": GEM}
+    [event] = asset_events(rolled)
+    assert event["active"] == GEM
+    with open_store(None, Settings()) as store:
+        assert store.active_model() == GEM
+        counts = {info.model_id: info.count for info in store.indexes()}
+        assert counts == {BASE: ingested.new, GEM: ingested.new}, "the previous index is kept"
+
+    back = run(dag, rollback=True)
+    assert back.state == "success", states(back)
+    assert states(back)["plan_backfill"] == ["skipped"] and states(back)["validate"] == ["skipped"]
+    assert xcom(back, "rollback") == {"previous": GEM, "active": BASE}
+    with open_store(None, Settings()) as store:
+        assert store.active_model() == BASE
+
+    capfd.readouterr()
+    failed = run(dag, model="mobilenet_v2-gem-imagenet", tolerance=-1.0)
+    assert failed.state == "failed"
+    assert states(failed)["validate"] == ["failed"] and states(failed)["activate"] == [
+        "upstream_failed"
+    ]
+    assert states(failed)["backfill_batch"] == ["skipped"], "resumed: nothing left to embed"
+    logged = "".join(capfd.readouterr())
+    assert "quality gate failed: self-check rank-1 rate of mobilenet_v2-gem-imagenet@1" in logged
+    assert f"the alias still points to {BASE}" in logged
+    with open_store(None, Settings()) as store:
+        assert store.active_model() == BASE, "a failed gate leaves the alias unchanged"
