@@ -184,7 +184,7 @@ def quarantine(as_json: JsonOpt = False) -> None:
     """List files that could not be indexed, with the reason."""
     from pipeline.store import open_store
 
-    with open_store() as store:
+    with _user_errors(), open_store() as store:
         records = store.quarantined()
     if as_json:
         out.print_json(data={"quarantined": [{"uri": r.uri, "reason": r.reason} for r in records]})
@@ -192,6 +192,44 @@ def quarantine(as_json: JsonOpt = False) -> None:
     table = Table("File", "Reason", title=f"{len(records)} quarantined")
     for r in records:
         table.add_row(r.uri, r.reason)
+    out.print(table)
+
+
+@app.command()
+def runs(
+    limit: Annotated[int, typer.Option("-n", min=1, help="How many runs.")] = 20,
+    as_json: JsonOpt = False,
+) -> None:
+    """Recent ingestion runs, newest first (what the DAG and `lookalike ingest` recorded)."""
+    from pipeline.store import open_store
+
+    with _user_errors(), open_store() as store:
+        recent = store.runs(limit)
+    if as_json:
+        out.print_json(data={"runs": [r.model_dump(mode="json") for r in recent]})
+        return
+    table = Table(
+        "Started",
+        "Model",
+        "New",
+        "Updated",
+        "Deleted",
+        "Quarantined",
+        "Seconds",
+        "Images/s",
+        title=f"{len(recent)} runs",
+    )
+    for r in recent:
+        table.add_row(
+            f"{r.started_at:%Y-%m-%d %H:%M:%S}",
+            r.model,
+            str(r.new),
+            str(r.updated),
+            str(r.deleted),
+            str(len(r.quarantined)),
+            f"{r.duration_s:.1f}",
+            f"{r.images_per_s:.1f}",
+        )
     out.print(table)
 
 
@@ -236,6 +274,27 @@ def demo() -> None:
         as_json=False,
     )
     labels(image=query, min_confidence=55.0, max_labels=15, as_json=False)
+
+
+@app.command()
+def serve(
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind (default: LOOKALIKE_API_HOST).")
+    ] = None,
+    port: Annotated[
+        int | None,
+        typer.Option(min=1, max=65535, help="Port to listen on (default: LOOKALIKE_API_PORT)."),
+    ] = None,
+) -> None:
+    """Start the search API and its web page (uvicorn); the model loads before it listens."""
+    import uvicorn
+
+    from search_api import create_app
+
+    settings = get_settings()
+    uvicorn.run(
+        create_app(settings), host=host or settings.api_host, port=port or settings.api_port
+    )
 
 
 def _run_with_progress(run, source: Path, manifest: Path | None, quiet: bool) -> IngestSummary:
@@ -303,3 +362,132 @@ def _print_hits(response: SearchResponse) -> None:
             top,
         )
     out.print(table)
+
+
+# -- lookalike index: templates, model-version indexes and the alias --------------------------
+
+index_app = typer.Typer(
+    help="Indexes per model version and the alias searches follow (every store); templates and "
+    "pipelines (OpenSearch/Elasticsearch).",
+    no_args_is_help=True,
+)
+app.add_typer(index_app, name="index")
+
+
+@index_app.command("apply")
+def index_apply() -> None:
+    """Put the index templates and hybrid search pipelines on the cluster (idempotent)."""
+    from pipeline.backbones import get_spec
+    from pipeline.store import model_name, open_store
+    from pipeline.store.cluster import ClusterStore
+
+    with _user_errors(), open_store() as store:
+        if not isinstance(store, ClusterStore):
+            out.print("the embedded store needs no templates or pipelines: nothing to apply")
+            return
+        for item in store.apply(get_spec(model_name(store.model_id)).dim):
+            out.print(f"applied {item}")
+
+
+@index_app.command("list")
+def index_list(as_json: JsonOpt = False) -> None:
+    """Every model version's index with its size; the active one is what searches use."""
+    from pipeline.store import open_store
+
+    with _user_errors(), open_store() as store:
+        infos = store.indexes()
+    alias = get_settings().table
+    if as_json:
+        out.print_json(data={"alias": alias, "indexes": [i.model_dump() for i in infos]})
+        return
+    table = Table("Model", "Index", "Documents", "Active", title=f"alias {alias!r}")
+    for info in infos:
+        table.add_row(info.model_id, info.name, str(info.count), "yes" if info.active else "")
+    out.print(table)
+
+
+@index_app.command("activate")
+def index_activate(
+    model_id: Annotated[
+        str, typer.Argument(help="Model version to search, e.g. mobilenet_v2-imagenet@1.")
+    ],
+) -> None:
+    """Point the alias at MODEL_ID's index in one atomic step (a rollout, or a rollback)."""
+    from pipeline.store import open_store
+
+    with _user_errors(), open_store(model_id) as store:
+        known = {info.model_id for info in store.indexes()}
+        if model_id not in known:
+            raise ValueError(
+                f"no index for {model_id!r}; indexed model versions: {sorted(known) or 'none'}"
+            )
+        previous = store.activate()
+    out.print(f"alias {get_settings().table!r}: {previous or 'none'} -> {model_id}")
+
+
+@index_app.command("export")
+def index_export(
+    dest: Annotated[Path, typer.Argument(help="Folder to write the JSON files into.")] = Path(
+        "mappings"
+    ),
+) -> None:
+    """Write the index templates and search pipelines for the current settings as JSON files
+    (``mappings/`` holds them for the defaults), to read or apply by hand."""
+    import json
+
+    from pipeline.backbones import get_spec
+    from pipeline.store.cluster import mapping_files
+
+    settings = get_settings()
+    dest.mkdir(parents=True, exist_ok=True)
+    for name, body in mapping_files(settings, get_spec(settings.model).dim).items():
+        (dest / name).write_text(json.dumps(body, indent=2) + "\n")
+        out.print(f"wrote {dest / name}")
+
+
+# -- lookalike rollout / rollback: switch searches to another model version -------------------
+
+
+@app.command()
+def rollout(
+    model: Annotated[
+        str,
+        typer.Argument(help="Registry name of the model version, e.g. mobilenet_v2-gem-imagenet."),
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """Re-embed every indexed asset with MODEL into its own index, check it (same documents,
+    quality gate) and switch searches to it atomically; the previous index is kept."""
+    from pipeline.rollout import rollout as run_rollout
+
+    with _user_errors():
+        done = run_rollout(model)
+    if as_json:
+        out.print_json(data=done.model_dump(mode="json"))
+        return
+    out.print(
+        f"embedded {done.embedded} ({done.plan.resumed} already there); "
+        f"{done.validation.gate.describe()}"
+    )
+    out.print(f"alias {get_settings().table!r}: {done.switch.previous} -> {done.switch.active}")
+
+
+@app.command()
+def rollback(
+    to: Annotated[
+        str | None,
+        typer.Option(
+            help="Model version to switch to (default: the one the last switch replaced)."
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Switch searches back to the previous model version's index (kept by every rollout)."""
+    from pipeline.rollout import rollback as run_rollback
+
+    with _user_errors():
+        switch = run_rollback(to=to)
+    if as_json:
+        out.print_json(data=switch.model_dump())
+        return
+    out.print(f"alias {get_settings().table!r}: {switch.previous} -> {switch.active}")

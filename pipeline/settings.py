@@ -6,12 +6,13 @@ without passing literals around.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
@@ -66,6 +67,229 @@ class Settings(BaseSettings):
     refine_factor: int = Field(
         5, ge=1, description="ANN candidates re-ranked exactly, as a multiple of k."
     )
+
+    # -- OpenSearch / Elasticsearch stores (LOOKALIKE_STORE=opensearch|elasticsearch) ----------
+    # One connection block serves whichever cluster LOOKALIKE_STORE names. Secure by default:
+    # certificates are verified; point cluster_ca_certs at the CA that signed the cluster's
+    # certificate rather than switching verification off (the compose stack only does so for
+    # the OpenSearch image's self-signed demo certificate).
+    cluster_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["https://localhost:9200"],
+        description="Cluster node URLs, comma-separated (scheme decides TLS).",
+    )
+    cluster_user: str | None = Field("admin", description="Basic-auth user (None: no auth).")
+    cluster_password: SecretStr | None = Field(None, description="Basic-auth password.")
+    cluster_verify_certs: bool = Field(True, description="Verify the cluster's TLS certificate.")
+    cluster_ca_certs: Path | None = Field(
+        None, description="PEM bundle of the CA that signed the cluster's certificate."
+    )
+    cluster_timeout_s: float = Field(30.0, gt=0, description="Per-request timeout.")
+    cluster_shards: int = Field(
+        1, ge=1, description="Primary shards per asset index (one holds millions of images)."
+    )
+    opensearch_engine: Literal["faiss", "lucene"] = Field(
+        "faiss",
+        description="k-NN engine of the knn_vector field: faiss (SIMD, efficient filtering with "
+        "an exact fallback) or lucene (pure Java, smaller deployments).",
+    )
+    hnsw_m: int = Field(
+        16, ge=2, le=100, description="HNSW links per node (memory vs recall), fixed per index."
+    )
+    hnsw_ef_construction: int = Field(
+        128, ge=16, description="HNSW build-time candidate list (index speed vs graph quality)."
+    )
+    knn_ef_search: int = Field(
+        100,
+        ge=1,
+        description="HNSW search-time candidate list (OpenSearch ef_search, Elasticsearch "
+        "num_candidates); never below the number of hits asked for.",
+    )
+    bulk_chunk_size: int = Field(500, ge=1, description="Documents per bulk request.")
+    bulk_max_retries: int = Field(
+        5, ge=0, description="Retries of bulk items rejected with 429/502/503/504."
+    )
+    bulk_initial_backoff_s: float = Field(
+        1.0, ge=0, description="First wait before a bulk retry; doubles on every retry."
+    )
+    bulk_max_backoff_s: float = Field(60.0, ge=0, description="Longest wait between retries.")
+
+    @field_validator("cluster_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: object) -> object:
+        """Accept ``https://a:9200,https://b:9200``, the form an environment variable takes."""
+        if isinstance(value, str):
+            return [url.strip() for url in value.split(",") if url.strip()]
+        return value
+
+    # -- end of the OpenSearch / Elasticsearch block -------------------------------------------
+
+    # -- Search API and web page (search_api/, `lookalike serve`) ------------------------------
+    # Safe by default: loopback only, no cross-origin access, uploads capped at 25 MiB (the
+    # issue's ceiling for the default; photos from phones and cameras stay well below it).
+    api_host: str = Field("127.0.0.1", description="Interface `lookalike serve` binds to.")
+    api_port: int = Field(8000, ge=1, le=65535, description="Port `lookalike serve` listens on.")
+    api_key: SecretStr | None = Field(
+        None,
+        description="When set, every data endpoint needs it in the X-API-Key header (or the "
+        "lookalike_api_key cookie the web page sets); probes, metrics and the page stay open.",
+    )
+    api_cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Origins allowed to call the API from a browser, comma-separated "
+        "(e.g. 'https://app.example.org'); '*' allows any. Empty: same origin only.",
+    )
+    api_max_upload_bytes: int = Field(
+        25 * 2**20, ge=1024, description="Largest query image accepted (413 above it)."
+    )
+    api_request_timeout_s: float = Field(
+        30.0, gt=0, description="Time allowed until a response starts (504 after it)."
+    )
+    api_image_workers: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Query images embedded and thumbnails made at once: CPU-bound work that "
+        "only queues (holding memory) beyond the number of cores.",
+    )
+    api_thumbnail_size: int = Field(
+        320, ge=32, le=1024, description="Longest side of the thumbnails the API serves (px)."
+    )
+    api_alias_check_s: float = Field(
+        1.0,
+        ge=0,
+        description="How often the API asks the store which model version the alias names (a "
+        "round trip on a cluster); a rollout is served within this time. 0: every request.",
+    )
+
+    @field_validator("api_cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        """Accept the comma-separated form an environment variable naturally takes."""
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @property
+    def thumbnail_dir(self) -> Path:
+        """Thumbnails the API generated, keyed by asset id, content hash and size."""
+        return self.home / "thumbnails"
+
+    # -- end of the search API block ------------------------------------------------------------
+
+    # -- Airflow DAGs (dags/) and model rollouts (pipeline/rollout.py, `lookalike rollout`) -----
+    # The scheduled ingest reads its source from here (a DAG run's params override it); each
+    # TensorFlow task holds a model (~0.8 GB), so parallelism is capped per DAG run and,
+    # through a pool, across DAGs. A rollout must pass its quality gate before the alias moves.
+    ingest_source: Path | None = Field(
+        None, description="Folder the scheduled ingest DAG indexes (default: samples_dir)."
+    )
+    ingest_manifest: Path | None = Field(
+        None, description="Manifest (CSV/Parquet) the scheduled ingest DAG reads, if any."
+    )
+    ingest_schedule: str = Field(
+        "@hourly", description="When the ingest DAG runs: a cron expression or Airflow preset."
+    )
+    airflow_batch_size: int = Field(
+        256,
+        ge=1,
+        description="Images per mapped Airflow task (each runs them through the model "
+        "batch_size at a time); raised when needed so that a run maps at most Airflow's "
+        "max_map_length tasks.",
+    )
+    airflow_max_active_tasks: int = Field(
+        2, ge=1, description="Tasks one DAG run executes at once (each embedding task ~0.8 GB)."
+    )
+    airflow_pool: str = Field(
+        "default_pool",
+        description="Airflow pool of the embedding tasks; create a small one (e.g. "
+        "`airflow pools set lookalike_tf 2 ...`) to cap TensorFlow tasks across both DAGs.",
+    )
+    airflow_opensearch_conn_id: str = Field(
+        "opensearch_default",
+        description="Airflow connection the DAGs read the cluster's URL and credentials from "
+        "(LOOKALIKE_STORE=opensearch); without it they use the cluster_* settings.",
+    )
+    rollout_eval_manifest: Path | None = Field(
+        None,
+        description="Labelled evaluation set for the rollout quality gate: a manifest whose "
+        "rows name an image and its label (column rollout_eval_label_column). Without it the "
+        "gate runs a self-check that needs no labels.",
+    )
+    rollout_eval_label_column: str = Field(
+        "label", description="Column of the evaluation manifest that holds each image's label."
+    )
+    rollout_tolerance: float = Field(
+        0.02,
+        ge=-1,
+        le=1,
+        description="How much worse than the current index (mAP or self-check rank-1 rate) the "
+        "new one may be; a negative value demands an improvement of at least that much.",
+    )
+    rollout_min_match_rate: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="Self-check floor: share of transformed copies (crop, flip, colour, JPEG) "
+        "of sampled assets that must find their original (or a copy of it already in the "
+        "library) at rank 1 in the new index. A working model scores near 1 on distinct "
+        "photos but lower on libraries full of near-copies (the sample library: 0.89), so "
+        "this floor only catches a broken model; the comparison with the current index "
+        "(rollout_tolerance) decides.",
+    )
+    rollout_sample_size: int = Field(
+        50, ge=1, description="Self-check: indexed assets sampled (4 queries each)."
+    )
+    rollout_seed: int = Field(0, description="Self-check: seed of the sample (reproducible).")
+
+    @property
+    def index_asset_uri(self) -> str:
+        """The Airflow Asset the DAGs update whenever the searchable index changes (ingest
+        writes, a rollout or rollback moves the alias): downstream DAGs schedule on it."""
+        return f"lookalike://index/{self.table}"
+
+    @classmethod
+    def for_run(
+        cls,
+        overrides: Mapping[str, Any],
+        connection: Callable[[str], Any | None] | None = None,
+    ) -> Settings:
+        """The settings of one DAG run: ``LOOKALIKE_*`` variables, overridden by ``overrides``
+        (field name -> value from the run's params; ``None`` keeps the variable) and, for a
+        cluster store, by the Airflow connection that ``connection(airflow_opensearch_conn_id)``
+        returns (an object with the ``host``, ``port``, ``login``, ``password`` and
+        ``extra_dejson`` of Airflow's ``Connection``, or ``None`` to keep the cluster_*
+        settings). The connection is read as the OpenSearch provider's hook reads it
+        (``extra``: ``use_ssl``, ``scheme``, ``verify_certs``, ``ca_certs``, ``timeout``; a host
+        given as a URL is used as it is), except that certificates stay verified unless
+        ``verify_certs`` says otherwise (the hook's default is not to)."""
+        values = {key: value for key, value in overrides.items() if value is not None}
+        settings = cls(**values)
+        if settings.store == "embedded" or connection is None:
+            return settings
+        conn = connection(settings.airflow_opensearch_conn_id)
+        if conn is None:
+            return settings
+        extra = conn.extra_dejson or {}
+        if "://" in (conn.host or ""):
+            url = conn.host
+        else:
+            tls = str(extra.get("use_ssl", "false")).lower() in ("true", "1")
+            scheme = extra.get("scheme") or ("https" if tls else "http")
+            url = f"{scheme}://{conn.host or 'localhost'}:{conn.port or 9200}"
+        values |= {
+            "cluster_urls": [url],
+            "cluster_user": conn.login,
+            "cluster_password": conn.password,
+        }
+        if "verify_certs" in extra:
+            values["cluster_verify_certs"] = str(extra["verify_certs"]).lower() in ("true", "1")
+        if extra.get("ca_certs"):
+            values["cluster_ca_certs"] = extra["ca_certs"]
+        if extra.get("timeout") is not None:
+            values["cluster_timeout_s"] = float(extra["timeout"])
+        return cls(**values)
+
+    # -- end of the Airflow and rollout block ----------------------------------------------------
 
     @property
     def store_dir(self) -> Path:

@@ -39,6 +39,15 @@ def test_ingest_json_summary(ingested: dict) -> None:
     assert all(q["reason"] for q in ingested["quarantined"])
 
 
+def test_runs_and_quarantine_lists(ingested: dict) -> None:
+    code, output = invoke("runs", "--json")
+    assert code == 0, output
+    latest = json.loads(output)["runs"][0]
+    assert latest["new"] == ingested["new"] and latest["run_id"] == ingested["run_id"]
+    code, output = invoke("quarantine", "--json")
+    assert code == 0 and len(json.loads(output)["quarantined"]) == 3
+
+
 def test_search_by_image_and_by_id(ingested: dict, sample_manifest: Path) -> None:
     cat = sample_manifest.parent / "originals" / "chelsea.jpg"
     code, output = invoke("search", str(cat), "-k", "6", "--json")
