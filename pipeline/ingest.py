@@ -84,47 +84,8 @@ class AssetRef(BaseModel):
     id when the run was planned. Carrying that state makes a batch independent of when it runs:
     a retried batch counts and writes exactly what its first attempt would have."""
 
-    id: str
-    uri: str
-    path: str
-    size_bytes: int
-    mtime_ns: int
-    title: str | None = None
-    description: str | None = None
-    keywords: list[str] = Field(default_factory=list)
-    metadata: dict[str, str] = Field(default_factory=dict)
-    exists: bool = True
+    asset: SourceAsset
     previous: StoredState | None = None
-
-    @classmethod
-    def of(cls, asset: SourceAsset, previous: StoredState | None) -> AssetRef:
-        return cls(
-            id=asset.id,
-            uri=asset.uri,
-            path=str(asset.path),
-            size_bytes=asset.size_bytes,
-            mtime_ns=asset.mtime_ns,
-            title=asset.title,
-            description=asset.description,
-            keywords=list(asset.keywords),
-            metadata=dict(asset.metadata),
-            exists=asset.exists,
-            previous=previous,
-        )
-
-    def source_asset(self) -> SourceAsset:
-        return SourceAsset(
-            id=self.id,
-            uri=self.uri,
-            path=Path(self.path),
-            size_bytes=self.size_bytes,
-            mtime_ns=self.mtime_ns,
-            title=self.title,
-            description=self.description,
-            keywords=tuple(self.keywords),
-            metadata=dict(self.metadata),
-            exists=self.exists,
-        )
 
 
 class RunPlan(BaseModel):
@@ -311,7 +272,7 @@ def plan_run(
             run_id=run_id or uuid.uuid4().hex,
             source=discover.path_to_uri(Path(source)),
             model=target.model_id,
-            todo=[AssetRef.of(asset, stored.get(asset.id)) for asset in work.todo],
+            todo=[AssetRef(asset=asset, previous=stored.get(asset.id)) for asset in work.todo],
             deleted=work.deleted,
             unchanged=work.unchanged,
         )
@@ -351,11 +312,11 @@ def run_batches(
     with _using(store, model_id, settings) as target:
         target.ensure(embedder.spec.dim)
         seconds: dict[str, float] = {}
-        pairs = [[(ref.source_asset(), ref.previous) for ref in batch] for batch in batches]
+        pairs = [[(ref.asset, ref.previous) for ref in batch] for batch in batches]
         for refs, items in zip(
             batches, read_batches(pairs, embedder, settings, seconds), strict=True
         ):
-            stored = {ref.id: ref.previous for ref in refs if ref.previous is not None}
+            stored = {ref.asset.id: ref.previous for ref in refs if ref.previous is not None}
             result = process_batch(items, stored, target, embedder, labeler, settings)
             result.seconds["read_wait"] = seconds.pop("read_wait", 0.0)
             yield result

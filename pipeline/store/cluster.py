@@ -41,6 +41,28 @@ from pipeline.store.base import (
     StoreError,
 )
 
+
+def client_options(settings: Settings, *, auth_key: str, timeout_key: str) -> dict[str, Any]:
+    """Connection options both Python clients take, under the names each one uses for basic
+    auth and the request timeout: TLS and auth as configured, transient 502/503/504 and
+    time-outs retried."""
+    auth = None
+    if settings.cluster_user and settings.cluster_password:
+        auth = (settings.cluster_user, settings.cluster_password.get_secret_value())
+    return {
+        "hosts": settings.cluster_urls,
+        auth_key: auth,
+        "verify_certs": settings.cluster_verify_certs,
+        "ssl_show_warn": settings.cluster_verify_certs,
+        "ca_certs": str(settings.cluster_ca_certs) if settings.cluster_ca_certs else None,
+        timeout_key: settings.cluster_timeout_s,
+        "max_retries": 3,
+        "retry_on_timeout": True,
+        "retry_on_status": (502, 503, 504),
+        "http_compress": True,
+    }
+
+
 SCHEMA_VERSION = 1
 """Bumped when the mapping changes incompatibly; recorded in every index's ``_meta``."""
 FOLD_NORMALIZER = "lookalike_folded"

@@ -34,6 +34,7 @@ from pipeline.store.cluster import (
     ClusterStore,
     asset_mappings,
     asset_meta,
+    client_options,
     filter_query,
     filtered_text_query,
     index_settings,
@@ -152,25 +153,6 @@ def fuse(
     return fused
 
 
-def client_options(settings: Settings) -> dict[str, Any]:
-    """TLS and basic auth as configured; transient 502/503/504 and timeouts are retried."""
-    auth = None
-    if settings.cluster_user and settings.cluster_password:
-        auth = (settings.cluster_user, settings.cluster_password.get_secret_value())
-    return {
-        "hosts": settings.cluster_urls,
-        "basic_auth": auth,
-        "verify_certs": settings.cluster_verify_certs,
-        "ssl_show_warn": settings.cluster_verify_certs,
-        "ca_certs": str(settings.cluster_ca_certs) if settings.cluster_ca_certs else None,
-        "request_timeout": settings.cluster_timeout_s,
-        "max_retries": 3,
-        "retry_on_timeout": True,
-        "retry_on_status": (502, 503, 504),
-        "http_compress": True,
-    }
-
-
 # -- the store -----------------------------------------------------------------------------------
 
 
@@ -192,7 +174,9 @@ class ElasticsearchStore(ClusterStore):
 
     @classmethod
     def connect(cls, settings: Settings) -> Elasticsearch:
-        return Elasticsearch(**client_options(settings))
+        return Elasticsearch(
+            **client_options(settings, auth_key="basic_auth", timeout_key="request_timeout")
+        )
 
     def asset_template(self, dim: int) -> dict[str, Any]:
         return asset_template(self.settings.table, dim, self.settings)

@@ -41,6 +41,7 @@ from pipeline.store.cluster import (
     ClusterStore,
     asset_mappings,
     asset_meta,
+    client_options,
     filter_query,
     filtered_text_query,
     index_settings,
@@ -194,25 +195,6 @@ def cosine_from_score(score: float) -> float:
     return score - 1.0 if score >= 1.0 else 1.0 - 1.0 / score
 
 
-def client_options(settings: Settings) -> dict[str, Any]:
-    """TLS and basic auth as configured; transient 502/503/504 and timeouts are retried."""
-    auth = None
-    if settings.cluster_user and settings.cluster_password:
-        auth = (settings.cluster_user, settings.cluster_password.get_secret_value())
-    return {
-        "hosts": settings.cluster_urls,
-        "http_auth": auth,
-        "verify_certs": settings.cluster_verify_certs,
-        "ssl_show_warn": settings.cluster_verify_certs,
-        "ca_certs": str(settings.cluster_ca_certs) if settings.cluster_ca_certs else None,
-        "timeout": settings.cluster_timeout_s,
-        "max_retries": 3,
-        "retry_on_timeout": True,
-        "retry_on_status": (502, 503, 504),
-        "http_compress": True,
-    }
-
-
 # -- the store -----------------------------------------------------------------------------------
 
 
@@ -233,7 +215,7 @@ class OpenSearchStore(ClusterStore):
 
     @classmethod
     def connect(cls, settings: Settings) -> OpenSearch:
-        return OpenSearch(**client_options(settings))
+        return OpenSearch(**client_options(settings, auth_key="http_auth", timeout_key="timeout"))
 
     def asset_template(self, dim: int) -> dict[str, Any]:
         return asset_template(self.settings.table, dim, self.settings)
