@@ -1,0 +1,59 @@
+"""Files to embeddings exactly as ingestion does it (``decode_image`` with JPEG draft mode, the
+embedder's preprocessing, batched ``predict``), cached next to the data set.
+
+The quality benchmark compares embedding *variants* computed from these same model outputs,
+so the model runs once per data set and model version. The cache lives inside the set's folder,
+which a rebuild wipes, and its key is the model id and the file list.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from benchmarks.common import track
+from pipeline.decode import decode_image
+from pipeline.settings import get_settings
+
+if TYPE_CHECKING:
+    from pipeline.embed import Embedder
+
+
+def pixels(path: Path, embedder: Embedder) -> np.ndarray:
+    """The model input for one file: the reader stage of :func:`pipeline.ingest.load`."""
+    decoded = decode_image(
+        path.read_bytes(),
+        max_pixels=get_settings().max_image_pixels,
+        min_size=embedder.spec.resize_size,
+    )
+    return embedder.preprocess(decoded.image)
+
+
+def embed_files(
+    paths: list[Path], embedder: Embedder, batch_size: int = 32, workers: int = 2
+) -> np.ndarray:
+    """L2-normalised embeddings ``(len(paths), dim)``, decoding ahead of the model in threads."""
+    out = np.zeros((len(paths), embedder.spec.dim), np.float32)
+    starts = range(0, len(paths), batch_size)
+    with ThreadPoolExecutor(workers) as pool:
+        for start in track(starts, f"embedding {len(paths)} images", total=len(starts)):
+            batch = list(pool.map(lambda p: pixels(p, embedder), paths[start : start + batch_size]))
+            out[start : start + len(batch)] = embedder.predict(np.stack(batch)).embeddings
+    return out
+
+
+def cached_embeddings(paths: list[Path], embedder: Embedder, cache_dir: Path) -> np.ndarray:
+    """:func:`embed_files`, memoised in ``cache_dir`` by model id and file list."""
+    key = hashlib.sha256("\n".join([embedder.model_id, *map(str, paths)]).encode()).hexdigest()
+    cache = cache_dir / f"embeddings-{key[:16]}.npy"
+    if cache.is_file():
+        vectors = np.load(cache)
+        if vectors.shape == (len(paths), embedder.spec.dim):
+            return vectors
+    vectors = embed_files(paths, embedder)
+    np.save(cache, vectors)
+    return vectors

@@ -1,0 +1,173 @@
+"""The benchmark scripts on tiny configurations, so they cannot rot unnoticed: metrics checked
+on cases with a known answer, the quality run end to end with the real model, the store
+benchmark's filtered searches returning k hits, and missing packages skipped with a message."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import sources
+from benchmarks.datasets import CategoryConfig, NearDupConfig
+from benchmarks.metrics import category_metrics, exact_top_k, recall_at, target_ranks
+from benchmarks.variants import VariantSpec, fit
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_near_dup_recall_has_known_answers() -> None:
+    refs = unit(np.random.default_rng(0).standard_normal((50, 16)))
+    # Exact duplicates: every target is ranked first.
+    ranks = target_ranks(refs[:10], refs, np.arange(10))
+    assert ranks.tolist() == [0] * 10 and recall_at(ranks, 1) == 1.0
+    # Query 0 is a copy of reference 1 but names reference 0 as its target: rank >= 1.
+    ranks = target_ranks(refs[1:2], refs, np.array([0]))
+    assert ranks[0] >= 1 and recall_at(ranks, 1) == 0.0
+    assert recall_at(np.array([0, 3, 12]), 10) == pytest.approx(2 / 3)
+
+
+def test_category_metrics_have_known_answers() -> None:
+    # Two tight, far-apart classes: every neighbour is right.
+    jitter = np.array([0.01, 0.02, 0.03])[:, None]
+    a = np.array([1.0, 0.0, 0.0]) + jitter * [0, 1, 0]
+    b = np.array([0.0, 0.0, 1.0]) + jitter * [1, 0, 0]
+    perfect = category_metrics(unit(np.vstack([a, b])), list("aaabbb"))
+    assert perfect.summary["P@1"] == 1.0 and perfect.summary["mAP"] == pytest.approx(1.0)
+    # Query 0's ranking is [b, a]: its only relevant item at rank 2 -> AP 0.5, P@1 0.
+    vectors = unit(np.array([[1.0, 0.0], [0.0, 1.0], [0.6, 0.8]]))
+    scores = category_metrics(vectors, ["x", "x", "y"], np.array([True, False, False]))
+    assert scores.summary["queries"] == 1
+    assert scores.average_precision[0] == pytest.approx(0.5)
+    assert scores.summary["P@1"] == 0.0 and scores.summary["R@5"] == 1.0
+
+
+def test_exact_top_k_respects_the_filter() -> None:
+    vectors = unit(np.random.default_rng(1).standard_normal((100, 8)))
+    mask = np.arange(100) >= 50
+    top, few = exact_top_k(vectors, vectors[[70, 10]], mask, 5)
+    assert top[0] == 70 and set(top.tolist()) <= set(range(50, 100)) and len(top) == 5
+    assert 10 not in few.tolist() and len(few) == 5
+    sims = vectors[50:] @ vectors[10]
+    assert few.tolist() == (50 + np.argsort(-sims)[:5]).tolist()
+    # Fewer matching rows than k: only those come back.
+    assert len(exact_top_k(vectors, vectors[:1], np.arange(100) < 3, 5)[0]) == 3
+
+
+def test_variants_project_to_unit_vectors_and_whiten() -> None:
+    corpus = unit(np.abs(np.random.default_rng(2).standard_normal((300, 64))))
+    assert fit(VariantSpec("raw"), corpus) is None
+    pca = fit(VariantSpec("pca 16", centre=True, dims=16), corpus)
+    out = pca(corpus)
+    assert out.shape == (300, 16) and np.allclose(np.linalg.norm(out, axis=1), 1, atol=1e-5)
+    whiten = fit(VariantSpec("w", centre=True, dims=16, whiten=1.0), corpus)
+    raw = (corpus - whiten.mean) @ whiten.components.T * whiten.scale
+    assert np.allclose(np.cov(raw, rowvar=False), np.eye(16), atol=1e-3)
+
+
+def test_missing_debian_package_skips_with_a_message(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(sources, "TUXPAINT_DIR", tmp_path / "absent")
+    monkeypatch.setattr(sources, "OPENCV_DIR", tmp_path / "absent")
+    with pytest.raises(sources.SourceUnavailable, match="tuxpaint-stamps-default"):
+        sources.tuxpaint_stamps()
+    pool = sources.photo_pool()
+    assert (
+        "opencv-doc" in pool.skipped and "apt-get install opencv-doc" in pool.skipped["opencv-doc"]
+    )
+    assert pool.photos, "scikit-image and scikit-learn photos need no Debian package"
+
+
+@pytest.mark.slow
+def test_quality_benchmark_tiny(embedder, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Exact copies are found first under every variant; both sets produce their figures."""
+    from benchmarks import quality
+
+    # Skip the wallpapers (tens of megapixels each): faster, and it exercises the skip path.
+    monkeypatch.setattr(sources, "WALLPAPER_DIR", tmp_path / "no-wallpapers")
+    specs = [
+        VariantSpec("raw"),
+        VariantSpec("centred", centre=True),
+        VariantSpec("pca 8", centre=True, dims=8, whiten=0.5),
+    ]
+    result = quality.run(
+        tmp_path / "bench",
+        embedder,
+        near_dup=NearDupConfig(
+            edits=("exact copy", "mirror"), distractors=12, max_references=4, natural_pairs=False
+        ),
+        category=CategoryConfig(max_stamps=24),
+        specs=specs,
+        min_class_size=2,
+    )
+    near = result["datasets"]["near_dup"]
+    assert near["originals"] == 4 and near["distractors"] == 12
+    assert "plasma-workspace-wallpapers" in near["skipped"]
+    # raw + 2 learned variants, each fitted on the index and (with both sets) on the other set
+    both_sets = sources.TUXPAINT_DIR.is_dir()
+    assert len(result["variants"]) == (5 if both_sets else 3)
+    for row in result["variants"]:
+        assert row["near_dup"]["per_group"]["exact copy"]["R@1"] == 1.0
+        assert 0.0 <= row["near_dup"]["copies_R@10"] <= 1.0
+    if both_sets:
+        category = result["variants"][0]["category"]["subcategory"]
+        assert category["queries"] > 0 and 0.0 < category["mAP"] <= 1.0
+    else:
+        assert "tuxpaint-stamps-default" in result["datasets"]["category"]["skipped"]
+    # The second run reuses the built files and the cached embeddings.
+    again = quality.run(
+        tmp_path / "bench",
+        embedder,
+        sets=("near_dup",),
+        near_dup=NearDupConfig(
+            edits=("exact copy", "mirror"), distractors=12, max_references=4, natural_pairs=False
+        ),
+        specs=specs[:1],
+    )
+    assert (
+        again["variants"][0]["near_dup"]["copies_R@1"]
+        == result["variants"][0]["near_dup"]["copies_R@1"]
+    )
+
+
+def test_store_benchmark_tiny(tmp_path: Path) -> None:
+    """Filtered searches return k hits with exact recall; the script writes its JSON."""
+    from benchmarks import store
+
+    result = store.run_size(
+        3000,
+        tmp_path,
+        dim=16,
+        clusters=20,
+        queries=15,
+        bulk_batch=1000,
+        small_batches=2,
+        settings_overrides={"ann_min_rows": 1000},  # build the IVF index even at this size
+    )
+    conditions = {c["condition"]: c for c in result["queries"]}
+    assert all(c["fewer_than_k"] == 0 for c in conditions.values())
+    for share in ("1 %", "20 %"):
+        assert conditions[f"vector, filter {share}"]["recall@k"] == 1.0
+    assert result["writes"]["bulk"]["documents"] == 3000 - 2 * 2 * store.SMALL_BATCH
+    out = tmp_path / "store.json"
+    store.main(
+        [
+            "--sizes",
+            "1500",
+            "--dim",
+            "8",
+            "--queries",
+            "5",
+            "--data-dir",
+            str(tmp_path),
+            "--results",
+            str(out),
+        ]
+    )
+    saved = json.loads(out.read_text())
+    assert saved["machine"]["nproc"] >= 1 and saved["sizes"][0]["documents"] == 1500
