@@ -5,7 +5,8 @@ Design notes (measured in ``../shared/notes/environment.md`` and ``benchmarks/``
 * Upserts use ``merge_insert("id")`` so re-ingesting never duplicates an id.
 * Vectors are L2-normalised and searched with the cosine distance; ``score = 1 - distance``.
 * Below ``ann_min_rows`` rows there is no ANN index at all (exact search is fast there);
-  above it ``optimize()`` builds IVF_SQ, queried with ``nprobes`` and ``refine_factor``.
+  above it ``optimize()`` builds IVF_SQ (sqrt(n) partitions), queried with ``refine_factor``
+  and ``nprobes_fraction`` of the partitions (at least ``nprobes``).
 * A filtered vector search first counts the rows passing the filter; when at most
   ``exact_search_max_rows`` pass, it bypasses the ANN index and ranks them exactly, so a
   selective filter can never return fewer than k hits or silently lose recall.
@@ -365,7 +366,11 @@ class EmbeddedStore(Store):
         if has_ann and total <= self.settings.exact_search_max_rows:
             query = query.bypass_vector_index()
         elif has_ann:
-            query = query.nprobes(self.settings.nprobes).refine_factor(self.settings.refine_factor)
+            partitions = max(1, int(math.sqrt(table.count_rows())))  # as optimize() builds it
+            probes = max(
+                self.settings.nprobes, math.ceil(self.settings.nprobes_fraction * partitions)
+            )
+            query = query.nprobes(probes).refine_factor(self.settings.refine_factor)
         rows = query.to_list()
         if has_ann and len(rows) < min(limit, total):
             # The ANN index missed matches a selective filter let through: rank exactly instead.
