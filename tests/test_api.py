@@ -9,11 +9,8 @@ from __future__ import annotations
 import dataclasses
 import io
 import shutil
-import threading
-import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +18,10 @@ import jsonschema
 import numpy as np
 import pytest
 import schemathesis
-import uvicorn
 from hypothesis import HealthCheck, settings
 from PIL import Image
 from pydantic import SecretStr
+from support import CAT_COPIES, serving, stem
 
 from pipeline.backbones import DEFAULT_MODEL, REGISTRY
 from pipeline.embed import get_embedder, model_path
@@ -42,19 +39,7 @@ with warnings.catch_warnings():
 
 pytestmark = pytest.mark.slow
 
-CAT_COPIES = {
-    "chelsea",
-    "chelsea_crop",
-    "chelsea_flip",
-    "chelsea_warm",
-    "chelsea_small",
-    "chelsea_q30",
-}
 API_KEY = "s3cret-key"
-
-
-def stem(uri: str) -> str:
-    return uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
 
 
 def stems(response: Any) -> list[str]:
@@ -529,24 +514,6 @@ def _contract(api_key: str | None) -> schemathesis.BaseSchema:
 
 open_contract = _contract(None)
 keyed_contract = _contract(API_KEY)
-
-
-@contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    """The app on a free loopback port, in a thread; yields its base URL."""
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "the server failed to start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from support import CAT_COPIES, stem
 
 from pipeline.document import IngestSummary
 from pipeline.ingest import ingest
@@ -22,18 +23,6 @@ BROKEN = {
     "not_an_image.png": "not an image",
     "truncated.jpg": "truncated",
 }
-CAT_COPIES = {
-    "chelsea",
-    "chelsea_crop",
-    "chelsea_flip",
-    "chelsea_warm",
-    "chelsea_small",
-    "chelsea_q30",
-}
-
-
-def stem(uri: str) -> str:
-    return uri.rsplit("/", 1)[-1].rsplit(".", 1)[0]
 
 
 @pytest.fixture(scope="module")

@@ -7,19 +7,15 @@ the closed network refuses). `.ci/run` installs the package; without it these te
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-import uvicorn
+from support import CAT_COPIES, serving
 
 from pipeline.ingest import ingest
 from pipeline.settings import Settings
 from pipeline.store import open_store
-from search_api import create_app
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -31,14 +27,6 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-CAT_COPIES = {
-    "chelsea",
-    "chelsea_crop",
-    "chelsea_flip",
-    "chelsea_warm",
-    "chelsea_small",
-    "chelsea_q30",
-}
 
 pytestmark = [
     pytest.mark.slow,
@@ -48,24 +36,6 @@ pytestmark = [
         "`apt-get install -y chromium`, as .ci/run does",
     ),
 ]
-
-
-@contextmanager
-def serving(settings: Settings) -> Iterator[str]:
-    """The app on a free loopback port, in a thread; yields its base URL."""
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        assert thread.is_alive(), "the server failed to start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{server.servers[0].sockets[0].getsockname()[1]}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
 
 
 @pytest.fixture(scope="module")
