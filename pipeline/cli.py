@@ -19,7 +19,13 @@ from pipeline.discover import ManifestError
 from pipeline.document import IngestSummary, Label
 from pipeline.search import AssetNotFound
 from pipeline.settings import get_settings
-from pipeline.store.base import LabelFilter, SearchRequest, SearchResponse, StoreError
+from pipeline.store.base import (
+    LabelFilter,
+    SearchRequest,
+    SearchResponse,
+    StoreError,
+    parse_metadata_filters,
+)
 
 app = typer.Typer(
     name="lookalike",
@@ -120,28 +126,22 @@ def search(
     with _user_errors():
         if image is not None and asset_id is not None:
             raise ValueError("give a query IMAGE or --id, not both")
-        metadata: dict[str, list[str]] = {}
-        for item in meta or []:
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--meta {item!r}: expected KEY=VALUE")
-            metadata.setdefault(key, []).append(value)
         request = SearchRequest(
             text=text,
             labels_all=[LabelFilter.parse(s) for s in label or []],
             labels_any=[LabelFilter.parse(s) for s in any_label or []],
             labels_none=[LabelFilter.parse(s) for s in not_label or []],
-            metadata=metadata,
+            metadata=parse_metadata_filters(meta or []),
             k=k,
             min_score=min_score,
             hybrid=hybrid,
         )
         with open_store() as store:
-            embedder = get_embedder(model_name(store.model_id))
             if asset_id is not None:
                 response = similar_to(store, asset_id, request)
             else:
-                if image is not None:
+                if image is not None:  # only an image query needs the model (and TensorFlow)
+                    embedder = get_embedder(model_name(store.model_id))
                     request.vector = image_vector(image.read_bytes(), embedder)
                 response = store.search(request)
     if as_json:

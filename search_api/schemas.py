@@ -23,7 +23,7 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from pipeline.document import AssetDocument
-from pipeline.store.base import Hit, LabelFilter, SearchRequest
+from pipeline.store.base import Hit, LabelFilter, SearchRequest, parse_metadata_filters
 
 MAX_K = 100
 MAX_OFFSET = 10_000
@@ -85,14 +85,6 @@ FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
 def parse_label_specs(specs: list[str]) -> list[LabelFilter]:
     return [LabelFilter.parse(spec) for spec in specs]
-
-
-def parse_metadata_specs(specs: list[str]) -> dict[str, list[str]]:
-    metadata: dict[str, list[str]] = {}
-    for spec in specs:
-        key, _, value = spec.partition("=")
-        metadata.setdefault(key.strip(), []).append(value.strip())
-    return metadata
 
 
 class SearchOptions(BaseModel):
@@ -219,7 +211,7 @@ class FormFilters(SearchOptions):
             labels_all=parse_label_specs(self.labels_all),
             labels_any=parse_label_specs(self.labels_any),
             labels_none=parse_label_specs(self.labels_none),
-            metadata=parse_metadata_specs(self.metadata),
+            metadata=parse_metadata_filters(self.metadata),
             vector=None,
         )
 

@@ -45,6 +45,18 @@ class LabelFilter(BaseModel):
         )
 
 
+def parse_metadata_filters(specs: Iterable[str]) -> dict[str, list[str]]:
+    """Parse ``KEY=VALUE`` filters (the CLI and query-string form) into
+    ``SearchRequest.metadata``; a repeated key accepts several values."""
+    metadata: dict[str, list[str]] = {}
+    for spec in specs:
+        key, sep, value = spec.partition("=")
+        if not sep:
+            raise ValueError(f"metadata filter {spec!r}: expected KEY=VALUE")
+        metadata.setdefault(key.strip(), []).append(value.strip())
+    return metadata
+
+
 class SearchRequest(BaseModel):
     """One search: a query vector and/or text, narrowed by label and metadata filters."""
 
