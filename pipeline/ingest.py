@@ -406,30 +406,22 @@ def ingest(
     """Bring the store in line with ``source``: index new and changed assets, quarantine the
     undecodable ones, delete assets whose files are gone. ``on_progress(done, total)`` is
     called after each batch."""
-    from pipeline.embed import get_embedder
-    from pipeline.store import model_name, open_store
+    from pipeline.store import open_store
 
     settings = settings or get_settings()
     own_store = store is None
     # The active model version (the alias), unless a caller picks a store or an embedder.
     store = store or open_store(embedder.model_id if embedder else None, settings)
     try:
-        embedder = embedder or get_embedder(model_name(store.model_id))
-        if embedder.model_id != store.model_id:
-            raise ValueError(
-                f"embedder {embedder.model_id} cannot write into the index of {store.model_id}"
-            )
-        store.ensure(embedder.spec.dim)
         plan = plan_run(source, manifest, settings, store=store)
         batches = plan_batches(plan.todo, settings.batch_size)
         total, done, results = len(plan.todo), 0, []
         if on_progress:
             on_progress(0, total)
-        for batch, result in zip(
-            batches,
-            run_batches(batches, plan.model, settings, store=store, embedder=embedder),
-            strict=True,
-        ):
+        # run_batches loads the model on its first batch: an unchanged library never imports
+        # TensorFlow.
+        running = run_batches(batches, plan.model, settings, store=store, embedder=embedder)
+        for batch, result in zip(batches, running if batches else (), strict=True):
             results.append(result)
             done += len(batch)
             if on_progress:

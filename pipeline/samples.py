@@ -144,10 +144,11 @@ def build_samples(dest: Path) -> Path:
     _write_formats(dest / "formats")
     _write_broken(dest / "broken")
     manifest = dest / "manifest.csv"
-    with manifest.open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    _write(manifest, text.getvalue().encode())
     return manifest
 
 
@@ -172,17 +173,26 @@ def _write_formats(folder: Path) -> None:
 
 
 def _write_broken(folder: Path) -> None:
-    (folder / "empty.jpg").write_bytes(b"")
-    (folder / "not_an_image.png").write_bytes(b"This is a text file with an image extension.\n")
+    _write(folder / "empty.jpg", b"")
+    _write(folder / "not_an_image.png", b"This is a text file with an image extension.\n")
     buf = io.BytesIO()
     load_photo("chelsea").save(buf, format="JPEG", quality=90)
-    (folder / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    _write(folder / "truncated.jpg", buf.getvalue()[: len(buf.getvalue()) // 2])
 
 
 def _save(im: Image.Image, path: Path, **params: object) -> None:
     if path.suffix == ".jpg":
         params.setdefault("quality", 90)
-    im.save(path, **params)
+    buf = io.BytesIO()
+    im.save(buf, format=Image.registered_extensions()[path.suffix.lower()], **params)
+    _write(path, buf.getvalue())
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write only what differs, so rebuilding the samples leaves unchanged files untouched
+    (same mtime) and the next incremental ingest does not even re-read them."""
+    if not path.is_file() or path.read_bytes() != data:
+        path.write_bytes(data)
 
 
 def _box(im: Image.Image, fraction: float) -> tuple[int, int, int, int]:
