@@ -117,6 +117,13 @@ class Settings(BaseSettings):
         description="HNSW search-time candidate list (OpenSearch ef_search, Elasticsearch "
         "num_candidates); never below the number of hits asked for.",
     )
+    text_analyzer: str = Field(
+        "cjk",
+        description="Analyzer of the title, description and keywords text fields: `cjk` "
+        "(standard tokenizer, CJK width folding, lower-casing, CJK bigrams, English stop words; "
+        "Japanese, Chinese and Korean titles match without a plugin) needs the analysis-common "
+        "module that every full distribution ships; `standard` works on any node.",
+    )
     bulk_chunk_size: int = Field(500, ge=1, description="Documents per bulk request.")
     bulk_max_retries: int = Field(
         5, ge=0, description="Retries of bulk items rejected with 429/502/503/504."

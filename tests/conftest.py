@@ -39,3 +39,24 @@ def sample_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from pipeline.samples import build_samples
 
     return build_samples(tmp_path_factory.mktemp("samples"))
+
+
+def _node_fixture(distribution: str):
+    """A session-wide real node (see tests/nodes.py); started at most once, stopped at the end."""
+    import nodes
+
+    @pytest.fixture(scope="session")
+    def node() -> Iterator[nodes.Node]:
+        try:
+            found = nodes.session_node(distribution)
+        except nodes.NodeUnavailable as exc:
+            nodes.unavailable(str(exc))
+        yield found
+        if found.name is not None:
+            nodes.stop(found.name)
+
+    return node
+
+
+opensearch_node = _node_fixture("opensearch")
+elasticsearch_node = _node_fixture("elasticsearch")

@@ -66,16 +66,11 @@ def client_options(settings: Settings, *, auth_key: str, timeout_key: str) -> di
 SCHEMA_VERSION = 1
 """Bumped when the mapping changes incompatibly; recorded in every index's ``_meta``."""
 FOLD_NORMALIZER = "lookalike_folded"
-TEXT_ANALYZER = "cjk"
-"""Built into the default OpenSearch and Elasticsearch distributions: standard tokenizer, CJK
-width folding, lower-casing and CJK bigrams, so Japanese/Chinese/Korean titles match without a
-plugin (English stop words are dropped; there is no stemming)."""
 TEXT_FIELDS = ["title", "description", "keywords.text"]
 STATE_FIELDS = ["id", "uri", "sha256", "fingerprint", "size_bytes", "mtime_ns"]
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 """Bulk item statuses worth retrying: rejected (queue full) or a shard/node briefly away."""
 TEMPLATE_PRIORITY = 200
-RUNS_SORT = "started_at:desc"
 MAX_KNN_K = 10_000
 """The largest ``k`` (and candidate list) either cluster accepts in a kNN query."""
 
@@ -113,7 +108,7 @@ def index_settings(shards: int) -> dict[str, Any]:
     }
 
 
-def asset_properties(vector_field: dict[str, Any]) -> dict[str, Any]:
+def asset_properties(vector_field: dict[str, Any], analyzer: str) -> dict[str, Any]:
     """The asset fields, with the backend's vector field as ``embedding``.
 
     Labels are stored twice: ``labels`` (nested, so "label X with confidence >= c" matches name
@@ -123,7 +118,7 @@ def asset_properties(vector_field: dict[str, Any]) -> dict[str, Any]:
     Metadata is kept in ``_source`` only (any column name works, no mapping explosion) and
     indexed as ``key=value`` keywords in ``metadata_kv``, exactly as the embedded store filters.
     """
-    text = {"type": "text", "analyzer": TEXT_ANALYZER}
+    text = {"type": "text", "analyzer": analyzer}
     return {
         "id": _KEYWORD,
         "uri": _KEYWORD,
@@ -155,10 +150,16 @@ def asset_properties(vector_field: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def asset_mappings(vector_field: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
+def asset_mappings(
+    vector_field: dict[str, Any], meta: dict[str, Any], analyzer: str
+) -> dict[str, Any]:
     """``dynamic: strict``: a document with a field the mapping does not know is rejected (and
     reported) instead of silently growing the mapping."""
-    return {"dynamic": "strict", "_meta": meta, "properties": asset_properties(vector_field)}
+    return {
+        "dynamic": "strict",
+        "_meta": meta,
+        "properties": asset_properties(vector_field, analyzer),
+    }
 
 
 def asset_meta(model_id: str | None, dim: int) -> dict[str, Any]:
@@ -355,10 +356,11 @@ def get_body(asset_id: str, source: Any) -> dict[str, Any]:
 
 
 def runs_body(limit: int) -> dict[str, Any]:
-    """The newest runs come first through the ``sort=started_at:desc`` query parameter
-    (``RUNS_SORT``): the published specification's ``sort`` schema admits no descending field
-    sort in the body (two of its alternatives match ``{"field": "desc"}``, so ``oneOf`` fails)."""
-    return {"size": limit, "query": {"match_all": {}}}
+    """The newest runs first. The sort is in the body, in its long form: the ``field:desc``
+    query parameter is OpenSearch's alone (Elasticsearch's client moves it into the body, where
+    it names a field ``started_at:desc``), and the published OpenSearch specification's schema
+    admits the long form only (two of its alternatives match ``{"field": "desc"}``)."""
+    return {"size": limit, "query": {"match_all": {}}, "sort": [{"started_at": {"order": "desc"}}]}
 
 
 def label_counts_body(min_confidence: float, limit: int) -> dict[str, Any]:
@@ -409,6 +411,30 @@ def unit(vector: Sequence[float]) -> list[float]:
     if norm == 0:
         raise ValueError("the query vector is all zeros")
     return [x / norm for x in vector]
+
+
+def fuse(
+    request: SearchRequest,
+    vector_hits: Sequence[tuple[str, float]],
+    text_hits: Sequence[tuple[str, float]],
+) -> list[tuple[str, float]]:
+    """Client-side hybrid fusion with the embedded store's formulas: RRF is
+    ``sum(1 / (rrf_k + rank))`` (ranks from 1); linear is ``w * cosine + (1 - w) * bm25 /
+    best_bm25``. Inputs are ``(id, score)`` best first; returns ``(id, fused)`` best first."""
+    vec = {i: (rank, s) for rank, (i, s) in enumerate(vector_hits, 1)}
+    txt = {i: (rank, s) for rank, (i, s) in enumerate(text_hits, 1)}
+    top_text = max((s for _, s in text_hits), default=0.0) or 1.0
+    fused = []
+    for asset_id in {*vec, *txt}:
+        v, t = vec.get(asset_id), txt.get(asset_id)
+        if request.hybrid == "rrf":
+            score = sum(1.0 / (request.rrf_k + rank) for rank, _ in filter(None, (v, t)))
+        else:
+            w = request.vector_weight
+            score = w * (v[1] if v else 0.0) + (1 - w) * (t[1] / top_text if t else 0.0)
+        fused.append((asset_id, score))
+    fused.sort(key=lambda pair: (-pair[1], pair[0]))
+    return fused
 
 
 # -- bulk writes ---------------------------------------------------------------------------------
@@ -590,6 +616,10 @@ class ClusterStore(Store):
     @abstractmethod
     def _similar(self, request: SearchRequest, size: int) -> list[Hit]:
         """Vector (or hybrid, when the request has text too) hits, best first."""
+
+    @abstractmethod
+    def vector_body(self, request: SearchRequest, size: int) -> dict[str, Any]:
+        """A filtered kNN search for the request's vector, ``size`` hits."""
 
     @staticmethod
     @abstractmethod
@@ -844,7 +874,7 @@ class ClusterStore(Store):
     @reported
     def runs(self, limit: int = 20) -> list[IngestSummary]:
         self._refresh_if_dirty()
-        hits = self._search(self.runs_index, runs_body(limit), sort=RUNS_SORT)
+        hits = self._search(self.runs_index, runs_body(limit))
         return [run_from_source(h["_source"]) for h in hits]
 
     @reported
@@ -908,6 +938,26 @@ class ClusterStore(Store):
                 text_score=text_scores.get(h["_id"]),
             )
             for h in raw_hits
+        ]
+
+    def client_fused_hits(self, request: SearchRequest, size: int) -> list[Hit]:
+        """Hybrid hits fused here: the vector and the text search run separately and ``fuse``
+        combines them with the embedded store's formulas (where the cluster cannot fuse)."""
+        vector_raw = self._search(self.index, self.vector_body(request, size))
+        text_raw = self._search(self.index, text_search_body(request, size))
+        vector_scores = {h["_id"]: self.cosine_from_score(h["_score"]) for h in vector_raw}
+        text_scores = {h["_id"]: float(h["_score"]) for h in text_raw}
+        raw = {h["_id"]: h for h in [*text_raw, *vector_raw]}
+        fused = fuse(request, list(vector_scores.items()), list(text_scores.items()))
+        return [
+            self.hit(
+                request,
+                raw[asset_id],
+                score=score,
+                vector_score=vector_scores.get(asset_id),
+                text_score=text_scores.get(asset_id),
+            )
+            for asset_id, score in fused[:size]
         ]
 
     def vector_scores(self, request: SearchRequest, ids: Sequence[str]) -> dict[str, float]:

@@ -1,7 +1,8 @@
 """The Elasticsearch store (``LOOKALIKE_STORE=elasticsearch``), through the official client.
 
-Requires Elasticsearch 9.2 or later (``_source.exclude_vectors``, ``rescore_vector``). Choices,
-from the Elasticsearch reference (dense vector, kNN search, RRF):
+Requires Elasticsearch 8.18 or later (``rescore_vector``); the contract suite runs on 8.19, the
+newest Elasticsearch published on Maven Central. Choices, from the Elasticsearch reference
+(dense vector, kNN search, RRF):
 
 * ``dense_vector`` indexed with ``similarity: dot_product`` (the embeddings are unit length,
   which ``dot_product`` requires and checks) and ``int8_hnsw`` index options: 4x less vector
@@ -15,14 +16,15 @@ from the Elasticsearch reference (dense vector, kNN search, RRF):
   an *Enterprise* feature; a trial licence works too). Otherwise (the free *basic* licence),
   and always for ``hybrid="linear"``, the vector and text searches run separately and are fused
   here with the embedded store's formulas, so results do not depend on the licence.
-* Vectors are not returned in ``_source`` (Elasticsearch 9.2+ excludes them by default); a
-  document asked for with its embedding uses ``_source.exclude_vectors: false``.
+* Searches leave the vector out of ``_source``; a document asked for with its embedding gets
+  it back with ``_source: true`` (8.x) or ``_source.exclude_vectors: false`` (9.2+, which
+  excludes vectors by default).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, ClassVar
+from typing import Any
 
 from elasticsearch import ApiError, Elasticsearch, NotFoundError, TransportError, helpers
 
@@ -39,7 +41,6 @@ from pipeline.store.cluster import (
     filtered_text_query,
     index_settings,
     plain_body,
-    text_search_body,
     unit,
 )
 
@@ -69,7 +70,7 @@ def asset_template(base: str, dim: int, settings: Settings) -> dict[str, Any]:
         "priority": TEMPLATE_PRIORITY,
         "template": {
             "settings": index_settings(settings.cluster_shards),
-            "mappings": asset_mappings(vector, asset_meta(None, dim)),
+            "mappings": asset_mappings(vector, asset_meta(None, dim), settings.text_analyzer),
         },
         "_meta": asset_meta(None, dim),
     }
@@ -129,30 +130,6 @@ def cosine_from_score(score: float) -> float:
     return 2.0 * score - 1.0
 
 
-def fuse(
-    request: SearchRequest,
-    vector_hits: Sequence[tuple[str, float]],
-    text_hits: Sequence[tuple[str, float]],
-) -> list[tuple[str, float]]:
-    """Client-side hybrid fusion with the embedded store's formulas: RRF is
-    ``sum(1 / (rrf_k + rank))`` (ranks from 1); linear is ``w * cosine + (1 - w) * bm25 /
-    best_bm25``. Inputs are ``(id, score)`` best first; returns ``(id, fused)`` best first."""
-    vec = {i: (rank, s) for rank, (i, s) in enumerate(vector_hits, 1)}
-    txt = {i: (rank, s) for rank, (i, s) in enumerate(text_hits, 1)}
-    top_text = max((s for _, s in text_hits), default=0.0) or 1.0
-    fused = []
-    for asset_id in {*vec, *txt}:
-        v, t = vec.get(asset_id), txt.get(asset_id)
-        if request.hybrid == "rrf":
-            score = sum(1.0 / (request.rrf_k + rank) for rank, _ in filter(None, (v, t)))
-        else:
-            w = request.vector_weight
-            score = w * (v[1] if v else 0.0) + (1 - w) * (t[1] / top_text if t else 0.0)
-        fused.append((asset_id, score))
-    fused.sort(key=lambda pair: (-pair[1], pair[0]))
-    return fused
-
-
 # -- the store -----------------------------------------------------------------------------------
 
 
@@ -166,11 +143,11 @@ class ElasticsearchStore(ClusterStore):
     scan = staticmethod(helpers.scan)
     cosine_from_score = staticmethod(cosine_from_score)
     ids_vector_body = staticmethod(ids_vector_body)
-    embedding_source: ClassVar[Any] = {"exclude_vectors": False}
 
     def __init__(self, settings: Settings, model_id: str, client: Any | None = None) -> None:
         super().__init__(settings, model_id, client)
         self._rrf_licensed: bool | None = None
+        self._version: tuple[int, int] | None = None
 
     @classmethod
     def connect(cls, settings: Settings) -> Elasticsearch:
@@ -181,6 +158,20 @@ class ElasticsearchStore(ClusterStore):
     def asset_template(self, dim: int) -> dict[str, Any]:
         return asset_template(self.settings.table, dim, self.settings)
 
+    def version(self) -> tuple[int, int]:
+        """The (major, minor) version of the node this client talks to, asked once (from the
+        nodes API: the root endpoint is an optional module some distributions leave out)."""
+        if self._version is None:
+            info = plain_body(self.client.nodes.info(node_id="_local", metric="_none"))
+            number = next(iter(info["nodes"].values()))["version"]
+            major, minor = (int(part) for part in number.split(".")[:2])
+            self._version = (major, minor)
+        return self._version
+
+    @property
+    def embedding_source(self) -> Any:  # type: ignore[override]
+        return {"exclude_vectors": False} if self.version() >= (9, 2) else True
+
     def rrf_licensed(self) -> bool:
         """Whether the cluster's licence includes reciprocal rank fusion (checked once)."""
         if self._rrf_licensed is None:
@@ -190,27 +181,13 @@ class ElasticsearchStore(ClusterStore):
             )
         return self._rrf_licensed
 
+    def vector_body(self, request: SearchRequest, size: int) -> dict[str, Any]:
+        return vector_search_body(request, size, self.settings.knn_ef_search)
+
     def _similar(self, request: SearchRequest, size: int) -> list[Hit]:
-        num_candidates = self.settings.knn_ef_search
         if request.text and request.hybrid == "rrf" and self.rrf_licensed():
-            body = rrf_retriever_body(request, size, num_candidates)
+            body = rrf_retriever_body(request, size, self.settings.knn_ef_search)
             return self.fused_hits(request, self._search(self.index, body))
-        vector_raw = self._search(self.index, vector_search_body(request, size, num_candidates))
-        if not request.text:
-            return self.vector_hits(request, vector_raw)
-        # The documented fallback: both searches here, fused with the embedded store's formulas.
-        text_raw = self._search(self.index, text_search_body(request, size))
-        vector_scores = {h["_id"]: cosine_from_score(h["_score"]) for h in vector_raw}
-        text_scores = {h["_id"]: float(h["_score"]) for h in text_raw}
-        raw = {h["_id"]: h for h in [*text_raw, *vector_raw]}
-        fused = fuse(request, list(vector_scores.items()), list(text_scores.items()))
-        return [
-            self.hit(
-                request,
-                raw[asset_id],
-                score=score,
-                vector_score=vector_scores.get(asset_id),
-                text_score=text_scores.get(asset_id),
-            )
-            for asset_id, score in fused[:size]
-        ]
+        if request.text:  # the basic licence, or linear fusion: both searches, fused here
+            return self.client_fused_hits(request, size)
+        return self.vector_hits(request, self._search(self.index, self.vector_body(request, size)))

@@ -56,7 +56,7 @@ RUNS_TABLE = "runs"
 _STATE_COLUMNS = ["id", "uri", "sha256", "fingerprint", "size_bytes", "mtime_ns"]
 
 _LABEL_TYPE = pa.struct(
-    [("name", pa.string()), ("confidence", pa.float32()), ("parents", pa.list_(pa.string()))]
+    [("name", pa.string()), ("confidence", pa.float64()), ("parents", pa.list_(pa.string()))]
 )
 _QUARANTINE_SCHEMA = pa.schema(
     [

@@ -52,6 +52,7 @@ from pipeline.store.cluster import (
 SPACE_TYPE = "innerproduct"
 RRF_PIPELINE = "lookalike-hybrid-rrf"
 LINEAR_PIPELINE = "lookalike-hybrid-linear"
+NEURAL_SEARCH_PLUGIN = "opensearch-neural-search"
 DEFAULT_RRF_K = 60
 DEFAULT_VECTOR_WEIGHT = 0.5
 
@@ -89,7 +90,7 @@ def asset_template(base: str, dim: int, settings: Settings) -> dict[str, Any]:
         "priority": TEMPLATE_PRIORITY,
         "template": {
             "settings": index_options,
-            "mappings": asset_mappings(vector, asset_meta(None, dim)),
+            "mappings": asset_mappings(vector, asset_meta(None, dim), settings.text_analyzer),
         },
         "_meta": asset_meta(None, dim),
     }
@@ -212,6 +213,7 @@ class OpenSearchStore(ClusterStore):
     def __init__(self, settings: Settings, model_id: str, client: Any | None = None) -> None:
         super().__init__(settings, model_id, client)
         self._pipelines: set[str] = set()
+        self._hybrid: bool | None = None
 
     @classmethod
     def connect(cls, settings: Settings) -> OpenSearch:
@@ -223,6 +225,12 @@ class OpenSearchStore(ClusterStore):
     @reported
     def apply(self, dim: int) -> list[str]:
         applied = super().apply(dim)
+        if not self.has_hybrid_query():
+            applied.append(
+                f"no search pipelines: the cluster lacks {NEURAL_SEARCH_PLUGIN} (hybrid "
+                "queries are fused by Lookalike)"
+            )
+            return applied
         for name, body in ((RRF_PIPELINE, rrf_pipeline()), (LINEAR_PIPELINE, linear_pipeline())):
             self.client.search_pipeline.put(id=name, body=body)
             self._pipelines.add(name)
@@ -239,13 +247,25 @@ class OpenSearchStore(ClusterStore):
             self.client.search_pipeline.put(id=name, body=body)
         self._pipelines.add(name)
 
+    def has_hybrid_query(self) -> bool:
+        """Whether the cluster has the neural-search plugin (the ``hybrid`` query and its
+        search pipelines); asked once. Without it hybrid requests are fused here."""
+        if self._hybrid is None:
+            plugins = self.client.cat.plugins(format="json")
+            self._hybrid = any(p.get("component") == NEURAL_SEARCH_PLUGIN for p in plugins)
+        return self._hybrid
+
+    def vector_body(self, request: SearchRequest, size: int) -> dict[str, Any]:
+        return vector_search_body(request, size, self.settings.knn_ef_search)
+
     def _similar(self, request: SearchRequest, size: int) -> list[Hit]:
-        ef_search = self.settings.knn_ef_search
         if not request.text:
             return self.vector_hits(
-                request, self._search(self.index, vector_search_body(request, size, ef_search))
+                request, self._search(self.index, self.vector_body(request, size))
             )
+        if not self.has_hybrid_query():
+            return self.client_fused_hits(request, size)
         name, pipeline = pipeline_for(request)
         self._ensure_pipeline(name, pipeline)
-        body = hybrid_search_body(request, size, ef_search)
+        body = hybrid_search_body(request, size, self.settings.knn_ef_search)
         return self.fused_hits(request, self._search(self.index, body, search_pipeline=name))
