@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import nodes
 import pytest
 
 from pipeline.settings import get_settings
@@ -43,7 +44,6 @@ def sample_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _node_fixture(distribution: str):
     """A session-wide real node (see tests/nodes.py); started at most once, stopped at the end."""
-    import nodes
 
     @pytest.fixture(scope="session")
     def node() -> Iterator[nodes.Node]:
@@ -52,8 +52,8 @@ def _node_fixture(distribution: str):
         except nodes.NodeUnavailable as exc:
             nodes.unavailable(str(exc))
         yield found
-        if found.name is not None:
-            nodes.stop(found.name)
+        if found.close is not None:
+            found.close()
 
     return node
 

@@ -4,7 +4,9 @@ A node comes from, in this order:
 
 1. ``LOOKALIKE_TEST_OPENSEARCH_URL`` / ``LOOKALIKE_TEST_ELASTICSEARCH_URL``: a node that is
    already running (``.ci/run`` starts them with ``scripts/opensearch.sh`` and sets these);
-2. ``scripts/opensearch.sh start``: a node put together from Maven Central, started here and
+2. OpenSearch only, where a Docker engine answers: the image docker-compose.yml pins, with the
+   security plugin on (TLS, basic auth), through testcontainers;
+3. ``scripts/opensearch.sh start``: a node put together from Maven Central, started here and
    stopped when the test session ends (needs Maven and Java 21; the first start downloads
    about 200 MB into the cache, later starts take seconds).
 
@@ -19,17 +21,21 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import pytest
+import yaml
 
 from pipeline.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "opensearch.sh"
 REQUIRED = os.environ.get("LOOKALIKE_REQUIRE_OPENSEARCH") == "1"
+COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+DOCKER_ADMIN_PASSWORD = "Lookalike-Test-2026!"
 Distribution = Literal["opensearch", "elasticsearch"]
 
 # What a node from the script needs in the store settings: no security plugin (plain HTTP, no
@@ -54,6 +60,8 @@ class Node:
     overrides: dict[str, Any] = field(default_factory=dict)
     name: str | None = None
     """The script's cluster name, when this session started it."""
+    close: Callable[[], None] | None = None
+    """Stops the node, when this session started it."""
 
     @property
     def store(self) -> str:
@@ -129,7 +137,36 @@ def session_node(distribution: Distribution) -> Node:
     url = os.environ.get(f"LOOKALIKE_TEST_{distribution.upper()}_URL")
     if url:
         return Node(url, distribution, dict(SCRIPT_NODE_SETTINGS[distribution]))
-    return start(f"pytest-{distribution}-{os.getpid()}", distribution)
+    if distribution == "opensearch" and (node := docker_node()) is not None:
+        return node
+    name = f"pytest-{distribution}-{os.getpid()}"
+    node = start(name, distribution)
+    node.close = lambda: stop(name)
+    return node
+
+
+def docker_node() -> Node | None:
+    """The compose stack's OpenSearch image with security on, where Docker runs; else None."""
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception:
+        return None
+    from testcontainers.community.opensearch import OpenSearchContainer
+
+    image = COMPOSE["services"]["opensearch"]["image"]
+    container = OpenSearchContainer(
+        image, security_enabled=True, initial_admin_password=DOCKER_ADMIN_PASSWORD
+    ).with_env("OPENSEARCH_JAVA_OPTS", "-Xms1g -Xmx1g")
+    container.start()
+    host, port = container.get_container_host_ip(), container.get_exposed_port(9200)
+    overrides = {
+        "cluster_user": "admin",
+        "cluster_password": DOCKER_ADMIN_PASSWORD,
+        "cluster_verify_certs": False,  # the image's self-signed demo certificate
+    }
+    return Node(f"https://{host}:{port}", "opensearch", overrides, close=container.stop)
 
 
 def unavailable(reason: str) -> None:
