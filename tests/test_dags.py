@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pandas as pd
 import pytest
 
@@ -49,13 +50,20 @@ def airflow_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, 
         yield {"bag": bag, "home": home}
 
 
-@pytest.fixture
+@pytest.fixture(params=["embedded", "opensearch"])
 def lookalike(
-    embedder, tmp_path: Path, sample_manifest: Path, monkeypatch: pytest.MonkeyPatch
-) -> dict[str, Path]:
+    request: pytest.FixtureRequest,
+    embedder,
+    tmp_path: Path,
+    sample_manifest: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> Iterator[dict[str, Any]]:
     """A fresh store for the DAG runs (they read ``LOOKALIKE_*`` from the environment, as on a
     worker) and a writable copy of the sample library. The model cache stays the session's:
-    ``embedder`` loaded it, and the new home's ``models`` points at it."""
+    ``embedder`` loaded it, and the new home's ``models`` points at it.
+
+    On the real OpenSearch node (tests/nodes.py) the tasks reach the cluster through the
+    OpenSearch provider's Airflow connection ``opensearch_default``, as a deployment does."""
     home = tmp_path / "home"
     home.mkdir()
     (home / "models").symlink_to(Settings().model_dir, target_is_directory=True)
@@ -63,7 +71,36 @@ def lookalike(
     monkeypatch.setenv("LOOKALIKE_ROLLOUT_SAMPLE_SIZE", "8")  # 32 self-check queries
     library = tmp_path / "library"
     shutil.copytree(sample_manifest.parent, library)
-    return {"library": library, "manifest": library / "manifest.csv"}
+    if request.param == "opensearch":
+        node = request.getfixturevalue("opensearch_node")
+        for key, value in {**node.env(), "LOOKALIKE_TABLE": "dags"}.items():
+            monkeypatch.setenv(key, value)
+        url = httpx.URL(node.url)
+        connection = {"conn_type": "opensearch", "host": url.host, "port": url.port}
+        monkeypatch.setenv("AIRFLOW_CONN_OPENSEARCH_DEFAULT", json.dumps(connection))
+        _drop_indices(node.url, "dags")
+    yield {"library": library, "manifest": library / "manifest.csv", "store": request.param}
+    if request.param == "opensearch":
+        _drop_indices(node.url, "dags")
+
+
+def _drop_indices(url: str, base: str) -> None:
+    from opensearchpy import OpenSearch
+
+    client = OpenSearch(url)
+    if names := list(client.indices.get(index=f"{base}*")):
+        client.indices.delete(index=",".join(names))
+    client.close()
+
+
+def writes(store: Any) -> int:
+    """A counter that moves with every write to the store's index: the LanceDB table version,
+    or the cluster's count of indexing and delete operations."""
+    if store.settings.store == "embedded":
+        return store.table.version
+    stats = store.client.indices.stats(index=store.index, metric="indexing")
+    indexing = stats["_all"]["primaries"]["indexing"]
+    return indexing["index_total"] + indexing["delete_total"]
 
 
 def run(dag: Any, **conf: Any) -> Any:
@@ -200,7 +237,12 @@ def test_ingest_dag_indexes_once_writes_nothing_again_and_removes_deleted_files(
 
     dag = airflow_env["bag"].dags["lookalike_ingest"]
     library, manifest = lookalike["library"], lookalike["manifest"]
-    conf = {"source": str(library), "manifest": str(manifest), "batch_size": 16}
+    conf = {
+        "source": str(library),
+        "manifest": str(manifest),
+        "batch_size": 16,
+        "store": lookalike["store"],
+    }
     good = len(pd.read_csv(manifest)) + len(list((library / "formats").iterdir()))
 
     first = run(dag, **conf)
@@ -217,7 +259,7 @@ def test_ingest_dag_indexes_once_writes_nothing_again_and_removes_deleted_files(
     with open_store(None, Settings()) as store:
         assert store.active_model() == BASE and store.count() == good
         assert store.runs()[0].run_id == first.run_id, "recorded where Dashboards read it"
-        version = store.table.version
+        version = writes(store)
     [event] = asset_events(first)
     assert event["new"] == good and event["model"] == BASE
 
@@ -229,7 +271,7 @@ def test_ingest_dag_indexes_once_writes_nothing_again_and_removes_deleted_files(
     assert states(second)["embed_batch"] == ["skipped"], "nothing to map"
     assert states(second)["announce"] == ["skipped"] and asset_events(second) == []
     with open_store(None, Settings()) as store:
-        assert store.table.version == version, "an unchanged folder writes nothing"
+        assert writes(store) == version, "an unchanged folder writes nothing"
         assert [r.run_id for r in store.runs()] == [first.run_id], "an idle run records nothing"
 
     gone = library / "formats" / "rocket_cmyk.jpg"  # not in the manifest: a plain file
@@ -259,13 +301,11 @@ def test_a_retried_batch_duplicates_nothing(embedder, lookalike: dict[str, Path]
     [batch] = plan_batches(plan.todo, 10)
     first = run_batch(batch, plan.model, settings)
     with open_store(plan.model, settings) as store:
-        rows = store.table.to_arrow()
+        written = store.states()
     retried = run_batch(batch, plan.model, settings)
     assert first.new == retried.new == 10 and retried.updated == 0
     with open_store(plan.model, settings) as store:
-        again = store.table.to_arrow()
-        assert store.count() == 10 and len(set(again["id"].to_pylist())) == 10
-    assert sorted(again["id"].to_pylist()) == sorted(rows["id"].to_pylist())
+        assert store.count() == 10 and store.states().keys() == written.keys()
 
 
 # -- the rollout DAG ---------------------------------------------------------------------------
@@ -307,6 +347,7 @@ def test_rollout_dag_switches_versions_while_search_answers_and_rolls_back(
 
     ingested = ingest(lookalike["library"], lookalike["manifest"], settings=Settings())
     dag = airflow_env["bag"].dags["lookalike_rollout"]
+    store_kind = lookalike["store"]
     with open_store(None, Settings()) as store:
         asset_id = next(iter(store.states()))
         assert store.active_model() == BASE
@@ -315,7 +356,7 @@ def test_rollout_dag_switches_versions_while_search_answers_and_rolls_back(
     searcher.start()
     try:
         time.sleep(0.5)
-        rolled = run(dag, model="mobilenet_v2-gem-imagenet", batch_size=16)
+        rolled = run(dag, model="mobilenet_v2-gem-imagenet", batch_size=16, store=store_kind)
         time.sleep(0.5)
     finally:
         searcher.stop.set()
@@ -335,7 +376,7 @@ def test_rollout_dag_switches_versions_while_search_answers_and_rolls_back(
         counts = {info.model_id: info.count for info in store.indexes()}
         assert counts == {BASE: ingested.new, GEM: ingested.new}, "the previous index is kept"
 
-    back = run(dag, rollback=True)
+    back = run(dag, rollback=True, store=store_kind)
     assert back.state == "success", states(back)
     assert states(back)["plan_backfill"] == ["skipped"] and states(back)["validate"] == ["skipped"]
     assert xcom(back, "rollback") == {"previous": GEM, "active": BASE}
@@ -343,7 +384,7 @@ def test_rollout_dag_switches_versions_while_search_answers_and_rolls_back(
         assert store.active_model() == BASE
 
     capfd.readouterr()
-    failed = run(dag, model="mobilenet_v2-gem-imagenet", tolerance=-1.0)
+    failed = run(dag, model="mobilenet_v2-gem-imagenet", tolerance=-1.0, store=store_kind)
     assert failed.state == "failed"
     assert states(failed)["validate"] == ["failed"] and states(failed)["activate"] == [
         "upstream_failed"

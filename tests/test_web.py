@@ -38,15 +38,31 @@ pytestmark = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["embedded", "opensearch"])
 def base_url(
-    sample_manifest: Path, embedder, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest,
+    sample_manifest: Path,
+    embedder,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[str]:
-    settings = Settings(home=tmp_path_factory.mktemp("web_home"), batch_size=8)
-    store = open_store(embedder.model_id, settings)
-    ingest(
-        sample_manifest.parent, sample_manifest, store=store, embedder=embedder, settings=settings
-    )
+    """The page served over the sample library, on the embedded store and on the real
+    OpenSearch node (tests/nodes.py)."""
+    home = tmp_path_factory.mktemp("web_home")
+    if request.param == "embedded":
+        settings = Settings(home=home, batch_size=8)
+    else:
+        node = request.getfixturevalue("opensearch_node")
+        settings = node.settings(home, batch_size=8, table="web")
+    with open_store(embedder.model_id, settings) as store:
+        if store.count():  # a node shared with an earlier session: index from scratch
+            store.delete(list(store.states()))
+        ingest(
+            sample_manifest.parent,
+            sample_manifest,
+            store=store,
+            embedder=embedder,
+            settings=settings,
+        )
     with serving(settings) as url:
         yield url
 

@@ -22,6 +22,7 @@ Layout on the cluster, for the base name ``assets`` (``LOOKALIKE_TABLE``):
 from __future__ import annotations
 
 import functools
+import logging
 import re
 import time
 from abc import abstractmethod
@@ -40,6 +41,8 @@ from pipeline.store.base import (
     Store,
     StoreError,
 )
+
+log = logging.getLogger(__name__)
 
 
 def client_options(settings: Settings, *, auth_key: str, timeout_key: str) -> dict[str, Any]:
@@ -757,6 +760,13 @@ class ClusterStore(Store):
         self._refresh_if_dirty()
 
     def close(self) -> None:
+        """Make this store's writes visible before letting go (the next process to open the
+        index, e.g. `lookalike runs` right after `lookalike ingest`, must see them without
+        waiting for the refresh interval), then close the connections."""
+        try:
+            self._refresh_if_dirty()
+        except self.client_errors as exc:  # closing must not hide the error that led here
+            log.warning("could not refresh %s before closing: %s", self.backend, exc)
         self.client.close()
 
     # -- writes ------------------------------------------------------------------------------
