@@ -40,6 +40,7 @@ from pipeline.document import (
     StoredState,
 )
 from pipeline.settings import Settings, get_settings
+from pipeline.store.base import BulkWriteError
 
 if TYPE_CHECKING:
     from pipeline.embed import Embedder
@@ -241,17 +242,37 @@ def process_batch(
     result = BatchResult(unchanged=sum(i.unchanged for i in items), quarantined=quarantined)
     if docs:
         result.seconds["embed"] = embed_seconds
+    start = time.perf_counter()
+    try:
+        store.upsert(docs)
+    except BulkWriteError as exc:
+        if exc.transient or not exc.rejected:
+            raise  # the index is busy or away: fail the batch, a retry or re-run writes it
+        # The index refused these documents for good: quarantine them with its reason.
+        refused = exc.rejected
+        result.quarantined += [_rejected(d, refused[d.id]) for d in docs if d.id in refused]
+        docs = [d for d in docs if d.id not in refused]
+    store.quarantine(result.quarantined)
+    result.seconds["write"] = time.perf_counter() - start
     for doc in docs:
         previous = stored.get(doc.id)
         if previous is None or previous.quarantined:
             result.new += 1
         else:
             result.updated += 1
-    start = time.perf_counter()
-    store.upsert(docs)
-    store.quarantine(result.quarantined)
-    result.seconds["write"] = time.perf_counter() - start
     return result
+
+
+def _rejected(doc: AssetDocument, reason: str) -> QuarantineRecord:
+    return QuarantineRecord(
+        id=doc.id,
+        uri=doc.uri,
+        sha256=doc.sha256,
+        fingerprint=doc.fingerprint,
+        size_bytes=doc.size_bytes,
+        mtime_ns=doc.mtime_ns,
+        reason=f"rejected by the index: {reason}",
+    )
 
 
 def plan_run(

@@ -255,6 +255,7 @@ start() {
   for i in $(seq "$nodes"); do
     [ -z "$only" ] || [ "$i" = "$only" ] || continue
     running "$i" && continue
+    rm -f "$(node_dir "$i")/pid"  # left by a node that was killed
     write_config "$i" "$home" "$(cat "$(node_dir "$i")/http_port")" "$(cat "$(node_dir "$i")/transport_port")" "$seeds" "$managers"
     launch "$i" "$home"
   done

@@ -72,8 +72,7 @@ class Node:
         return Settings(
             home=home,
             store=self.distribution,
-            cluster_urls=self.url,
-            **{**self.overrides, **overrides},
+            **{"cluster_urls": self.url, **self.overrides, **overrides},
         )
 
     def env(self) -> dict[str, str]:
@@ -174,3 +173,9 @@ def unavailable(reason: str) -> None:
     if REQUIRED:
         pytest.fail(f"LOOKALIKE_REQUIRE_OPENSEARCH=1 but no node: {reason}", pytrace=False)
     pytest.skip(f"no search node: {reason}")
+
+
+def node_url(name: str, node: int) -> str:
+    """The HTTP URL of one node of a cluster the script started."""
+    port = (Path(_run_dir()) / name / f"node-{node}" / "http_port").read_text().strip()
+    return f"http://127.0.0.1:{port}"

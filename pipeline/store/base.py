@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
-from typing import Literal, Self
+from dataclasses import dataclass
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
@@ -143,6 +144,63 @@ class IndexInfo(BaseModel):
 
 class StoreError(RuntimeError):
     """A store operation failed in a way the caller should report, not retry blindly."""
+
+
+@dataclass(frozen=True)
+class BulkFailure:
+    """One bulk action that did not succeed, as the cluster explained it."""
+
+    op: str
+    index: str
+    id: str
+    status: int
+    error: str
+
+    @classmethod
+    def from_item(cls, op: str, info: dict[str, Any]) -> BulkFailure:
+        error = info.get("error")
+        if isinstance(error, dict):  # an item error: {"type", "reason", "caused_by"?}
+            text = f"{error.get('type')}: {error.get('reason')}"
+            if cause := error.get("caused_by"):
+                text += f" (caused by {cause.get('type')}: {cause.get('reason')})"
+        else:  # the whole request failed: the helper reports the exception's text
+            text = str(error)
+        return cls(op, str(info.get("_index")), str(info.get("_id")), int(info["status"]), text)
+
+
+class BulkWriteError(StoreError):
+    """Some writes still failed after the retries; everything else was written.
+
+    ``rejected`` are the documents the index refused for good (a mapping conflict, a wrong
+    vector dimension): ingestion quarantines them with the index's reason. Any other failure
+    (the cluster busy or away) is transient: the run fails, and a re-run writes them."""
+
+    def __init__(self, failures: Sequence[BulkFailure], written: int) -> None:
+        self.failures = list(failures)
+        self.written = written
+        shown = "; ".join(
+            f"{f.op} {f.index}/{f.id}: HTTP {f.status} {f.error}" for f in self.failures[:5]
+        )
+        more = f" (and {len(self.failures) - 5} more)" if len(self.failures) > 5 else ""
+        super().__init__(
+            f"{len(self.failures)} bulk action(s) failed after retries, {written} succeeded: "
+            f"{shown}{more}"
+        )
+
+    @property
+    def rejected(self) -> dict[str, str]:
+        """Document id -> reason, for the documents refused for good (HTTP 4xx but 429)."""
+        return {f.id: f.error for f in self.failures if f.op == "index" and final_status(f.status)}
+
+    @property
+    def transient(self) -> list[BulkFailure]:
+        """The failures worth retrying later (429, 5xx)."""
+        return [f for f in self.failures if not final_status(f.status)]
+
+
+def final_status(status: int) -> bool:
+    """Whether a failed write's HTTP status means "never" rather than "not now"."""
+    return 400 <= status < 500 and status != 429
 
 
 class Store(ABC):

@@ -27,12 +27,13 @@ import re
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from typing import Any, ClassVar, TypeVar
 
 from pipeline.document import AssetDocument, IngestSummary, QuarantineRecord, StoredState
 from pipeline.settings import Settings
 from pipeline.store.base import (
+    BulkFailure,
+    BulkWriteError,
     Hit,
     IndexInfo,
     LabelFilter,
@@ -47,8 +48,10 @@ log = logging.getLogger(__name__)
 
 def client_options(settings: Settings, *, auth_key: str, timeout_key: str) -> dict[str, Any]:
     """Connection options both Python clients take, under the names each one uses for basic
-    auth and the request timeout: TLS and auth as configured, transient 502/503/504 and
-    time-outs retried."""
+    auth and the request timeout: TLS and auth as configured. The client fails over to the
+    next configured node on a connection error or a time-out (each node once) and retries
+    nothing else: waiting and retrying is ``write_bulk``'s job alone, so one rejected write is
+    tried a bounded, known number of times."""
     auth = None
     if settings.cluster_user and settings.cluster_password:
         auth = (settings.cluster_user, settings.cluster_password.get_secret_value())
@@ -59,9 +62,9 @@ def client_options(settings: Settings, *, auth_key: str, timeout_key: str) -> di
         "ssl_show_warn": settings.cluster_verify_certs,
         "ca_certs": str(settings.cluster_ca_certs) if settings.cluster_ca_certs else None,
         timeout_key: settings.cluster_timeout_s,
-        "max_retries": 3,
+        "max_retries": len(settings.cluster_urls) - 1,
         "retry_on_timeout": True,
-        "retry_on_status": (502, 503, 504),
+        "retry_on_status": (),
         "http_compress": True,
     }
 
@@ -71,6 +74,8 @@ SCHEMA_VERSION = 1
 FOLD_NORMALIZER = "lookalike_folded"
 TEXT_FIELDS = ["title", "description", "keywords.text"]
 STATE_FIELDS = ["id", "uri", "sha256", "fingerprint", "size_bytes", "mtime_ns"]
+UNANSWERED = 503
+"""The status given to bulk items whose request got no answer (the node went away)."""
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 """Bulk item statuses worth retrying: rejected (queue full) or a shard/node briefly away."""
 TEMPLATE_PRIORITY = 200
@@ -451,44 +456,6 @@ def delete_action(index: str, doc_id: str) -> dict[str, Any]:
     return {"_op_type": "delete", "_index": index, "_id": doc_id}
 
 
-@dataclass(frozen=True)
-class BulkFailure:
-    """One bulk action that did not succeed, as the cluster explained it."""
-
-    op: str
-    index: str
-    id: str
-    status: int
-    error: str
-
-    @classmethod
-    def from_item(cls, op: str, info: dict[str, Any]) -> BulkFailure:
-        error = info.get("error")
-        if isinstance(error, dict):  # an item error: {"type", "reason", "caused_by"?}
-            text = f"{error.get('type')}: {error.get('reason')}"
-            if cause := error.get("caused_by"):
-                text += f" (caused by {cause.get('type')}: {cause.get('reason')})"
-        else:  # the whole request failed: the helper reports the exception's text
-            text = str(error)
-        return cls(op, str(info.get("_index")), str(info.get("_id")), int(info["status"]), text)
-
-
-class BulkWriteError(StoreError):
-    """Some bulk actions still failed after the retries; everything else was written."""
-
-    def __init__(self, failures: Sequence[BulkFailure], written: int) -> None:
-        self.failures = list(failures)
-        self.written = written
-        shown = "; ".join(
-            f"{f.op} {f.index}/{f.id}: HTTP {f.status} {f.error}" for f in self.failures[:5]
-        )
-        more = f" (and {len(self.failures) - 5} more)" if len(self.failures) > 5 else ""
-        super().__init__(
-            f"{len(self.failures)} bulk action(s) failed after retries, {written} succeeded: "
-            f"{shown}{more}"
-        )
-
-
 StreamingBulk = Callable[..., Iterable[tuple[bool, dict[str, Any]]]]
 
 
@@ -506,33 +473,44 @@ def write_bulk(
     """Send ``actions`` with the client library's ``helpers.streaming_bulk``; return how many
     succeeded, raise ``BulkWriteError`` listing every action that still failed.
 
-    The helper itself retries items rejected with 429 (``max_retries``, exponential back-off)
-    and, with ``raise_on_exception=False``, turns a failed request (e.g. a 503 from a node
-    that is starting) into per-item failures instead of an exception. On top of that, items
-    that failed with a retryable status (429/502/503/504) are sent again in rounds with
-    exponential back-off; any other failure (a mapping error, say) is final. Nothing is
-    dropped silently: deleting a missing document (404) is the only non-2xx success.
+    The one retry layer of every write: the helper sends each chunk once and, with
+    ``raise_on_exception=False``, turns a failed request (a node that went away, a 503 from
+    one that is starting) into per-item failures. Items that failed with a transient status
+    (429 queue full, 502/503/504, or no answer at all) are sent again, in at most
+    ``max_retries`` more rounds with exponential back-off (``initial_backoff`` doubling up to
+    ``max_backoff``); any other failure (a mapping error, say) is final. Nothing is dropped
+    silently: deleting a missing document (404) is the only non-2xx success.
     """
     pending = {_action_key(a): a for a in actions}
     failed: dict[tuple[str, str, str], BulkFailure] = {}
     written = 0
     for attempt in range(max_retries + 1):
         if attempt:
-            sleep(min(max_backoff, initial_backoff * 2 ** (attempt - 1)))
+            wait = min(max_backoff, initial_backoff * 2 ** (attempt - 1))
+            statuses = sorted({failed[key].status for key in pending})
+            log.info(
+                "retrying %d bulk action(s) after HTTP %s in %.2f s (round %d of %d)",
+                len(pending),
+                "/".join(map(str, statuses)),
+                wait,
+                attempt,
+                max_retries,
+            )
+            sleep(wait)
         retry: dict[tuple[str, str, str], dict[str, Any]] = {}
         for ok, item in streaming_bulk(
             client,
             list(pending.values()),
             chunk_size=chunk_size,
-            max_retries=max_retries,
-            initial_backoff=initial_backoff,
-            max_backoff=max_backoff,
+            max_retries=0,
             raise_on_error=False,
             raise_on_exception=False,
         ):
             ((op, info),) = item.items()
             key = (op, str(info.get("_index")), str(info.get("_id")))
-            status = int(info.get("status", 500))
+            status = info.get("status")
+            # A request that got no answer (connection refused or reset) has no HTTP status.
+            status = status if isinstance(status, int) else UNANSWERED
             if ok or (op == "delete" and status == 404):
                 written += 1
                 failed.pop(key, None)
@@ -791,9 +769,16 @@ class ClusterStore(Store):
             return 0
         if any(d.embedding is None for d in docs):
             raise ValueError("documents must carry their embedding to be indexed")
-        self.ensure(len(docs[0].embedding or ()))
+        if not self._index_exists():
+            self.ensure(len(docs[0].embedding or ()))
         self._ensure_support_index(self.quarantine_index)
-        written = self._bulk([index_action(self.index, d.id, to_source(d)) for d in docs])
+        try:
+            written = self._bulk([index_action(self.index, d.id, to_source(d)) for d in docs])
+        except BulkWriteError as exc:  # what was written leaves the quarantine all the same
+            failed = {f.id for f in exc.failures}
+            written_ids = [d.id for d in docs if d.id not in failed]
+            self._bulk([delete_action(self.quarantine_index, i) for i in written_ids])
+            raise
         self._bulk([delete_action(self.quarantine_index, d.id) for d in docs])
         return written
 

@@ -43,6 +43,8 @@ from pipeline.document import (
 )
 from pipeline.settings import Settings
 from pipeline.store.base import (
+    BulkFailure,
+    BulkWriteError,
     Hit,
     IndexInfo,
     LabelFilter,
@@ -212,16 +214,35 @@ class EmbeddedStore(Store):
             return 0
         if any(d.embedding is None for d in docs):
             raise ValueError("documents must carry their embedding to be indexed")
-        self.ensure(len(docs[0].embedding or ()))
-        rows = pa.Table.from_pylist([_to_row(d) for d in docs], schema=self._table.schema)
-        (
-            self._table.merge_insert("id")
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute(rows)
-        )
-        self._quarantine.delete(_in_list("id", [d.id for d in docs]))
-        return len(docs)
+        if self.table is None:
+            self.ensure(len(docs[0].embedding or ()))
+        dim = self._table.schema.field("vector").type.list_size
+        good = [d for d in docs if len(d.embedding or ()) == dim]
+        if good:
+            rows = pa.Table.from_pylist([_to_row(d) for d in good], schema=self._table.schema)
+            (
+                self._table.merge_insert("id")
+                .when_matched_update_all()
+                .when_not_matched_insert_all()
+                .execute(rows)
+            )
+            self._quarantine.delete(_in_list("id", [d.id for d in good]))
+        if len(good) < len(docs):  # refused per document, as a cluster's mapping does
+            raise BulkWriteError(
+                [
+                    BulkFailure(
+                        "index",
+                        self.table_name,
+                        d.id,
+                        400,
+                        f"vector of {len(d.embedding or ())} dimensions, the index holds {dim}",
+                    )
+                    for d in docs
+                    if len(d.embedding or ()) != dim
+                ],
+                written=len(good),
+            )
+        return len(good)
 
     def delete(self, ids: Sequence[str]) -> int:
         if not ids:

@@ -1,0 +1,229 @@
+"""Faults that only a real cluster shows (tests/nodes.py starts the nodes from Maven Central):
+
+* a node whose write queue is tiny answers bulk requests with 429: every rejected document is
+  retried with back-off, and nothing is lost;
+* a document that breaks the mapping is reported per item, and ingestion quarantines it with
+  the index's reason instead of dropping it or failing the run;
+* a two-node cluster loses a node to ``kill -9`` in the middle of an ingest: the ingest
+  finishes with every document there exactly once, search keeps answering, and the node
+  rejoins.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import nodes
+import numpy as np
+import pytest
+
+from pipeline.document import AssetDocument, Label
+from pipeline.store import open_store
+from pipeline.store.base import BulkWriteError, SearchRequest
+
+pytestmark = pytest.mark.slow
+DIM = 16
+
+
+def documents(n: int, start: int = 0, dim: int = DIM) -> list[AssetDocument]:
+    rng = np.random.default_rng(start)
+    vectors = rng.normal(size=(n, dim))
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    return [
+        AssetDocument(
+            id=f"d{start + i:06d}",
+            uri=f"file:///synthetic/{start + i}.jpg",
+            sha256="0" * 64,
+            fingerprint=f"{start + i}",
+            width=1,
+            height=1,
+            format="PNG",
+            labels=[Label(name="Thing", confidence=90)],
+            embedding=v.tolist(),
+            model="synthetic",
+            model_version="1",
+        )
+        for i, v in enumerate(vectors)
+    ]
+
+
+def own_node(name: str, **kw) -> nodes.Node:
+    try:
+        return nodes.start(f"{name}-{os.getpid()}", **kw)
+    except nodes.NodeUnavailable as exc:
+        nodes.unavailable(str(exc))
+        raise
+
+
+@pytest.fixture
+def busy_node() -> Iterator[nodes.Node]:
+    """One write thread and a write queue of one: a third concurrent bulk request is refused."""
+    node = own_node(
+        "pytest-busy",
+        node_settings={"thread_pool.write.size": "1", "thread_pool.write.queue_size": "1"},
+    )
+    yield node
+    nodes.stop(node.name)
+
+
+def test_a_full_write_queue_answers_429_and_every_document_arrives(
+    busy_node: nodes.Node, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = busy_node.settings(
+        tmp_path,
+        table="busy",
+        bulk_chunk_size=20,
+        bulk_max_retries=12,
+        bulk_initial_backoff_s=0.05,
+        bulk_max_backoff_s=1.0,
+    )
+    writers, batches, size = 6, 5, 100
+    with open_store("synthetic@1", settings) as store:
+        store.ensure(DIM)
+    errors: list[BaseException] = []
+
+    def write(w: int) -> None:
+        try:
+            with open_store("synthetic@1", settings) as store:
+                for b in range(batches):
+                    store.upsert(documents(size, start=(w * batches + b) * size))
+        except BaseException as exc:  # a lost write is what this test is looking for
+            errors.append(exc)
+
+    caplog.set_level(logging.INFO, logger="pipeline.store.cluster")
+    threads = [threading.Thread(target=write, args=(w,)) for w in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    with open_store("synthetic@1", settings) as store:
+        stats = store.client.nodes.stats(metric="thread_pool")
+        rejected = sum(n["thread_pool"]["write"]["rejected"] for n in stats["nodes"].values())
+        assert rejected > 0, "the node never refused a write: the test proves nothing"
+        retries = [r.getMessage() for r in caplog.records if r.getMessage().startswith("retrying")]
+        assert retries and all("HTTP 429" in m for m in retries)
+        waits = [float(m.split(" in ")[1].split(" s")[0]) for m in retries]
+        assert max(waits) > min(waits), "the back-off grows"
+        total = writers * batches * size
+        assert store.count() == total
+        assert len(store.states()) == total, "every id once"
+
+
+def test_a_document_the_mapping_refuses_is_reported_per_item(opensearch_node, tmp_path) -> None:
+    settings = opensearch_node.settings(tmp_path, table="refused")
+    good = documents(5)
+    wrong = documents(1, start=99, dim=DIM - 1)[0]
+    with open_store("synthetic@1", settings) as store:
+        store.ensure(DIM)
+        with pytest.raises(BulkWriteError) as caught:
+            store.upsert([*good[:2], wrong, *good[2:]])
+        assert caught.value.written == 5 and not caught.value.transient
+        assert set(caught.value.rejected) == {wrong.id}
+        assert "dimension" in caught.value.rejected[wrong.id]
+        assert store.count() == 5 and store.get(wrong.id) is None
+        store.client.indices.delete(index=store.index)
+
+
+def test_ingest_quarantines_what_the_index_refuses(
+    opensearch_node, tmp_path: Path, sample_manifest: Path, embedder
+) -> None:
+    """A manifest value longer than the index allows for a keyword (Lucene's 32766-byte term
+    limit): that asset is quarantined with the index's reason, the rest of the run goes on."""
+    from pipeline.ingest import ingest
+
+    library = tmp_path / "library"
+    shutil.copytree(sample_manifest.parent / "originals", library / "originals")
+    rows = [
+        {"path": f"originals/{p.name}", "title": p.stem, "note": ""}
+        for p in sorted((library / "originals").iterdir())
+    ]
+    rows[0]["note"] = "x" * 40_000
+    manifest = library / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    settings = opensearch_node.settings(tmp_path, table="refused-ingest")
+    with open_store(embedder.model_id, settings) as store:
+        summary = ingest(library, manifest, store=store, embedder=embedder, settings=settings)
+        [item] = summary.quarantined
+        assert item.uri.endswith(rows[0]["path"])
+        assert item.reason.startswith("rejected by the index:") and "immense" in item.reason
+        assert summary.new == len(rows) - 1 == store.count()
+        assert [r.uri for r in store.quarantined()] == [item.uri]
+        names = list(store.client.indices.get(index="refused-ingest*"))
+        store.client.indices.delete(index=",".join(names))
+
+
+@pytest.fixture
+def pair() -> Iterator[nodes.Node]:
+    """Two nodes on loopback, one cluster: a cluster manager with data, and a data node."""
+    node = own_node("pytest-pair", nodes=2)
+    yield node
+    nodes.stop(node.name)
+
+
+def test_killing_a_node_mid_ingest_loses_and_duplicates_nothing(pair: nodes.Node, tmp_path):
+    urls = [pair.url, nodes.node_url(pair.name, 2)]
+    settings = pair.settings(
+        tmp_path,
+        table="pair",
+        cluster_urls=urls,
+        bulk_chunk_size=100,
+        bulk_max_retries=10,
+        bulk_initial_backoff_s=0.2,
+        bulk_max_backoff_s=3.0,
+        cluster_timeout_s=20,
+    )
+    batches, size = 12, 150
+    with open_store("synthetic@1", settings) as store:
+        store.ensure(DIM)
+        store.upsert(documents(size))  # one replica: auto_expand_replicas 0-1 on two nodes
+        health = store.client.cluster.health(index=store.index, wait_for_status="green")
+        assert health["active_shards"] == 2 * health["active_primary_shards"]
+        query = documents(1, start=10**6)[0].embedding
+    searches: dict[str, int] = {"ok": 0}
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def search() -> None:
+        with open_store("synthetic@1", settings) as reader:
+            while not stop.is_set():
+                try:
+                    if len(reader.search(SearchRequest(vector=query, k=10)).hits) == 10:
+                        searches["ok"] += 1
+                    else:
+                        failures.append("fewer than 10 hits")
+                except Exception as exc:  # any failed search is a finding
+                    failures.append(repr(exc))
+                time.sleep(0.02)
+
+    reader = threading.Thread(target=search)
+    reader.start()
+    try:
+        with open_store("synthetic@1", settings) as store:
+            for b in range(1, batches):
+                if b == batches // 3:
+                    nodes.kill(pair.name, 2)
+                store.upsert(documents(size, start=b * size))
+            before_rejoin = searches["ok"]
+            # The killed node comes back with its data; the script waits for green, two nodes.
+            nodes.start(pair.name, node=2)
+            health = store.client.cluster.health()
+            assert health["number_of_nodes"] == 2 and health["status"] == "green"
+            total = batches * size
+            assert store.count() == total
+            assert len(store.states()) == total, "every document once"
+    finally:
+        stop.set()
+        reader.join()
+    assert failures == []
+    assert before_rejoin > 10 and searches["ok"] > before_rejoin, "search kept answering"
