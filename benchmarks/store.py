@@ -1,11 +1,14 @@
-"""Embedded store speed and filtered-search correctness on synthetic clustered vectors.
+"""Store speed and filtered-search correctness on synthetic clustered vectors.
 
-    python -m benchmarks.store              # 100k documents, 512-d (about four minutes)
-    python -m benchmarks.store --million    # adds 1M documents (~20 minutes, ~4 GB RAM, 6 GB disk)
+    python -m benchmarks.store                     # embedded, 100k documents, 512-d (~4 min)
+    python -m benchmarks.store --million           # adds 1M documents (~20 min, ~4 GB RAM)
+    python -m benchmarks.store --store opensearch  # the embedded store and a real OpenSearch
+                                                   # node side by side, in the same run
 
-Everything goes through the store's real code path, ``EmbeddedStore.upsert`` / ``optimize`` /
-``search(SearchRequest)``, so the figures include what the store does around LanceDB (counting
-the rows a filter passes, the exact fallback for selective filters, row conversion, fusion):
+Everything goes through the store's real code path, ``upsert`` / ``optimize`` /
+``search(SearchRequest)``, so the figures include what the store does around LanceDB or the
+cluster (counting the documents a filter passes, the exact fallback for selective filters, row
+conversion, fusion, the HTTP round trips):
 
 * writes/s: ingestion-sized upserts (32 documents) into an empty and into a full table, and
   bulk upserts of 10,000 documents; then the time ``optimize()`` takes to build the indexes;
@@ -19,11 +22,17 @@ the rows a filter passes, the exact fallback for selective filters, row conversi
 
 Vectors: ``--clusters`` Gaussian clusters (cosine to their centre about 0.7), queries drawn the
 same way; filter labels are assigned at random, independent of the clusters.
+
+``--store opensearch`` measures a node at ``--url`` or, without one, a node that
+``scripts/opensearch.sh`` starts for the run (the Maven Central build: k-NN's lucene engine,
+1 GB heap) and stops afterwards. The embedded store is measured first, on the same corpus and
+queries, so the two columns compare like with like on the same machine and load.
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -45,8 +54,10 @@ from benchmarks.common import (
 from benchmarks.metrics import exact_top_k
 from pipeline.document import AssetDocument, Label
 from pipeline.settings import Settings
+from pipeline.store import Store, open_store
 from pipeline.store.base import LabelFilter, SearchRequest
-from pipeline.store.embedded import EmbeddedStore
+
+REPO = Path(__file__).resolve().parents[1]
 
 MODEL_ID = "synthetic@1"
 SMALL_BATCH = 32  # what ingestion upserts at a time (LOOKALIKE_BATCH_SIZE)
@@ -146,7 +157,7 @@ def _batches(corpus: Corpus, start: int, stop: int, size: int) -> Iterator[list[
 
 
 def _timed_upserts(
-    store: EmbeddedStore, corpus: Corpus, start: int, stop: int, size: int, label: str
+    store: Store, corpus: Corpus, start: int, stop: int, size: int, label: str
 ) -> dict[str, Any]:
     """Upsert documents ``start:stop`` in batches of ``size``; only the upserts are timed
     (building the documents is the caller's cost, not the store's)."""
@@ -209,13 +220,15 @@ def run_size(
     settings_overrides: dict[str, Any] | None = None,
     nprobes_sweep: tuple[int, ...] = (),
 ) -> dict[str, Any]:
-    """Build a store of ``n`` documents under ``root`` and measure it (see the module doc)."""
+    """Build a store of ``n`` documents under ``root`` and measure it (see the module doc).
+    ``settings_overrides`` choose the store (``store="opensearch"``, ``cluster_urls``...)."""
     home = root / f"store-{n}"
     if home.exists():
         shutil.rmtree(home)
     settings = Settings(home=home, **(settings_overrides or {}))
     corpus = make_corpus(n, dim, clusters, seed)
-    store = EmbeddedStore(settings, MODEL_ID)
+    store = open_store(MODEL_ID, settings)
+    _drop(store)
     store.ensure(dim)
     small = small_batches * SMALL_BATCH
     writes: dict[str, Any] = {}
@@ -229,7 +242,7 @@ def run_size(
         )
     with measure() as index_usage:
         store.optimize()
-    disk_mb = sum(f.stat().st_size for f in home.rglob("*") if f.is_file()) / 2**20
+    disk_mb = _size_mb(store, home)
 
     q = make_queries(corpus, queries, seed)
     rng = np.random.default_rng(seed + 3)
@@ -273,9 +286,9 @@ def run_size(
         exact_top_k(corpus.vectors, q, None, k),
         [k] * queries,
     )
-    for nprobes in [settings.nprobes, *nprobes_sweep]:
+    for nprobes in [settings.nprobes, *nprobes_sweep] if settings.store == "embedded" else []:
         tuned = settings.model_copy(update={"exact_search_max_rows": 0, "nprobes": nprobes})
-        without = EmbeddedStore(tuned, MODEL_ID)
+        without = open_store(MODEL_ID, tuned)
         suffix = "no exact fallback" + (f", nprobes {nprobes}" if nprobes_sweep else "")
         cases = {"": unfiltered} if nprobes != settings.nprobes else {}
         cases.update({f", filter {share}": case for share, case in filtered.items()})
@@ -286,8 +299,10 @@ def run_size(
                 )
             )
         without.close()
+    _drop(store)
     store.close()
     return {
+        "store": settings.store,
         "documents": n,
         "dim": dim,
         "clusters": clusters,
@@ -306,6 +321,40 @@ def run_size(
     }
 
 
+def _size_mb(store: Store, home: Path) -> float:
+    """What the index takes on disk: the table files, or the cluster's primary store size."""
+    if store.settings.store == "embedded":
+        return sum(f.stat().st_size for f in home.rglob("*") if f.is_file()) / 2**20
+    stats = store.client.indices.stats(index=store.index, metric="store")
+    return stats["_all"]["primaries"]["store"]["size_in_bytes"] / 2**20
+
+
+def _drop(store: Store) -> None:
+    """A cluster keeps indices across runs: start and end each measurement without them."""
+    if store.settings.store != "embedded" and store.client.indices.exists(index=store.index):
+        store.client.indices.delete(index=store.index)
+        store._dimension, store._exists = None, False
+
+
+NODE_SCRIPT = str(REPO / "scripts" / "opensearch.sh")
+
+
+def start_node(heap: str = "1g") -> str:
+    """A real OpenSearch node for the run (scripts/opensearch.sh); returns its URL."""
+    done = subprocess.run(
+        ["bash", NODE_SCRIPT, "start", "--name", "bench", "--heap", heap],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise SystemExit(f"could not start an OpenSearch node: {done.stderr.strip()[-1500:]}")
+    return done.stdout.strip().splitlines()[-1]
+
+
+def stop_node() -> None:
+    subprocess.run(["bash", NODE_SCRIPT, "stop", "--name", "bench"], check=False)
+
+
 def _word_counts(corpus: Corpus) -> dict[str, int]:
     """Documents whose title holds each word (a text query cannot return more)."""
     counts: dict[str, int] = {}
@@ -318,7 +367,7 @@ def print_report(results: list[dict[str, Any]]) -> None:
     for r in results:
         n = f"{r['documents']:,}"
         print_table(
-            f"Writes, {n} documents x {r['dim']}-d (EmbeddedStore.upsert)",
+            f"Writes, {n} documents x {r['dim']}-d ({r['store']} store, upsert)",
             ["upserts", "documents", "batch", "docs/s", "ms per upsert"],
             [
                 [name, w["documents"], w["batch_size"], w["docs_per_s"], w["ms_per_upsert"]]
@@ -326,18 +375,19 @@ def print_report(results: list[dict[str, Any]]) -> None:
             ],
         )
         console.print(
-            f"optimize() (FTS, label and IVF_SQ indexes, compaction): {r['optimize']['wall_s']} s, "
-            f"peak RSS {r['optimize']['peak_rss_mb']} MB; loading peak RSS "
-            f"{r['load']['peak_rss_mb']} MB; {r['disk_mb']} MB on disk"
+            f"optimize(): {r['optimize']['wall_s']} s, peak RSS {r['optimize']['peak_rss_mb']} "
+            f"MB; loading peak RSS {r['load']['peak_rss_mb']} MB (this process); "
+            f"{r['disk_mb']} MB on disk"
         )
         print_table(
-            f"Top-{10} search, {n} documents ({r['queries_per_condition']} queries each; "
-            f"recall against exact numpy search)",
-            ["condition", "p50 ms", "p99 ms", "mean ms", "recall@10", "fewer than k"],
+            f"Top-{10} search, {n} documents, {r['store']} store ({r['queries_per_condition']} "
+            f"queries each; recall against exact numpy search)",
+            ["condition", "p50 ms", "p95 ms", "p99 ms", "mean ms", "recall@10", "fewer than k"],
             [
                 [
                     c["condition"],
                     c["p50_ms"],
+                    c["p95_ms"],
                     c["p99_ms"],
                     c["mean_ms"],
                     c["recall@k"],
@@ -356,6 +406,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clusters", type=int, default=1000)
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument(
+        "--store",
+        choices=["embedded", "opensearch"],
+        default="embedded",
+        help="opensearch: measure a real node too, side by side with the embedded store.",
+    )
+    parser.add_argument("--url", help="The OpenSearch node (default: start one for the run).")
+    parser.add_argument(
         "--nprobes-sweep",
         default="",
         help="Comma-separated nprobes values to also measure, exact fallback off (e.g. 60,120).",
@@ -363,22 +420,38 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",")] + ([1_000_000] if args.million else [])
     root = data_dir(args.data_dir)
-    results = []
-    for n in sizes:
-        results.append(
-            run_size(
-                n,
-                root,
-                dim=args.dim,
-                clusters=args.clusters,
-                queries=args.queries,
-                seed=args.seed,
-                nprobes_sweep=tuple(int(p) for p in args.nprobes_sweep.split(",") if p),
-            )
+    stores: list[dict[str, Any]] = [{}]
+    started = args.store == "opensearch" and not args.url
+    if args.store == "opensearch":
+        url = args.url or start_node()
+        # The node from Maven Central: no security plugin, and k-NN's pure-Java engine.
+        stores.append(
+            {"store": "opensearch", "cluster_urls": url, "cluster_user": None, "table": "bench"}
+            | {"opensearch_engine": "lucene", "bulk_chunk_size": 250}
         )
-        shutil.rmtree(root / f"store-{n}", ignore_errors=True)  # 100k: 0.3 GB, 1M: 3 GB
+    results = []
+    try:
+        for n in sizes:
+            for overrides in stores:
+                results.append(
+                    run_size(
+                        n,
+                        root,
+                        dim=args.dim,
+                        clusters=args.clusters,
+                        queries=args.queries,
+                        seed=args.seed,
+                        settings_overrides=overrides,
+                        nprobes_sweep=tuple(int(p) for p in args.nprobes_sweep.split(",") if p),
+                    )
+                )
+                shutil.rmtree(root / f"store-{n}", ignore_errors=True)  # 100k: 0.3 GB
+    finally:
+        if started:
+            stop_node()
     print_report(results)
-    write_results("store", {"sizes": results}, args.results)
+    name = "store" if args.store == "embedded" else f"store-{args.store}"
+    write_results(name, {"sizes": results}, args.results)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,14 @@ def test_images_are_pinned_to_versions() -> None:
     dashboards = SERVICES["opensearch-dashboards"]["image"]
     assert opensearch.startswith("opensearchproject/opensearch:3.")
     assert dashboards == opensearch.replace("/opensearch:", "/opensearch-dashboards:")
+    # Users run the version the real-node tests run (scripts/opensearch.sh) and the image
+    # records it.
+    tested = re.search(
+        r'OS_VERSION="\$\{LOOKALIKE_OPENSEARCH_VERSION:-([\d.]+)\}"',
+        (REPO / "scripts" / "opensearch.sh").read_text(),
+    )
+    assert tested and opensearch == f"opensearchproject/opensearch:{tested[1]}"
+    assert f"ARG OPENSEARCH_VERSION={tested[1]}" in (REPO / "Dockerfile").read_text()
     built = {n for n, s in SERVICES.items() if "build" in s}
     assert built == {"lookalike-init", "airflow-init", *AIRFLOW, "search-api"}
     assert len({SERVICES[n]["image"] for n in built}) == 1, "one project image for all"

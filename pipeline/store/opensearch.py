@@ -23,7 +23,9 @@ Choices, each from the OpenSearch documentation (k-NN, hybrid search, search pip
   a search pipeline: the ``score-ranker-processor`` (RRF) or the ``normalization-processor``
   (min-max + weighted arithmetic mean). Pipelines for non-default weights or RRF constants are
   created on first use. The per-hit vector and text components are then fetched for the
-  returned ids only.
+  returned ids only. Both come with the neural-search plugin; a cluster without it (the node
+  built from Maven Central) is asked once (``_cat/plugins``), and its hybrid requests are fused
+  on the client instead, with the embedded store's formulas.
 """
 
 from __future__ import annotations
