@@ -53,9 +53,10 @@ from benchmarks.common import (
 )
 from benchmarks.metrics import exact_top_k
 from pipeline.document import AssetDocument, Label
+from pipeline.library import Library
+from pipeline.search import LabelFilter, Searcher, SearchRequest
 from pipeline.settings import Settings
-from pipeline.store import Store, open_store
-from pipeline.store.base import LabelFilter, SearchRequest
+from pipeline.store.base import DocumentIndex
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -157,7 +158,7 @@ def _batches(corpus: Corpus, start: int, stop: int, size: int) -> Iterator[list[
 
 
 def _timed_upserts(
-    store: Store, corpus: Corpus, start: int, stop: int, size: int, label: str
+    store: DocumentIndex, corpus: Corpus, start: int, stop: int, size: int, label: str
 ) -> dict[str, Any]:
     """Upsert documents ``start:stop`` in batches of ``size``; only the upserts are timed
     (building the documents is the caller's cost, not the store's)."""
@@ -227,9 +228,11 @@ def run_size(
         shutil.rmtree(home)
     settings = Settings(home=home, **(settings_overrides or {}))
     corpus = make_corpus(n, dim, clusters, seed)
-    store = open_store(MODEL_ID, settings)
-    _drop(store)
+    library = Library.open(settings)
+    _drop(library)
+    store = library.index(MODEL_ID)
     store.ensure(dim)
+    search = Searcher(store, settings).search
     small = small_batches * SMALL_BATCH
     writes: dict[str, Any] = {}
     with measure() as load_usage:
@@ -242,7 +245,7 @@ def run_size(
         )
     with measure() as index_usage:
         store.optimize()
-    disk_mb = _size_mb(store, home)
+    disk_mb = _size_mb(library, home)
 
     q = make_queries(corpus, queries, seed)
     rng = np.random.default_rng(seed + 3)
@@ -252,7 +255,7 @@ def run_size(
     filtered: dict[str, tuple[list[SearchRequest], list[np.ndarray], list[int]]] = {}
     truth = exact_top_k(corpus.vectors, q, None, k)
     requests = [SearchRequest(vector=v.tolist(), k=k) for v in q]
-    conditions.append(_query_condition("vector", requests, store.search, truth, [k] * queries))
+    conditions.append(_query_condition("vector", requests, search, truth, [k] * queries))
     for share, (label, _) in FILTERS.items():
         mask = corpus.selected[label]
         truth = exact_top_k(corpus.vectors, q, mask, k)
@@ -265,19 +268,19 @@ def run_size(
         expected = [min(k, int(mask.sum()))] * queries
         filtered[share] = (requests, truth, expected)
         conditions.append(
-            _query_condition(f"vector, filter {share}", requests, store.search, truth, expected)
+            _query_condition(f"vector, filter {share}", requests, search, truth, expected)
         )
     text_requests = [SearchRequest(text=w, k=k) for w in text]
     text_expected = [min(k, word_counts[w]) for w in text]
-    conditions.append(_query_condition("text", text_requests, store.search, None, text_expected))
+    conditions.append(_query_condition("text", text_requests, search, None, text_expected))
     hybrid = [SearchRequest(vector=v.tolist(), text=w, k=k) for v, w in zip(q, text, strict=True)]
-    conditions.append(_query_condition("hybrid (RRF)", hybrid, store.search, None, [k] * queries))
+    conditions.append(_query_condition("hybrid (RRF)", hybrid, search, None, [k] * queries))
     requests, _, expected = filtered["1 %"]
     hybrid_filtered = [
         r.model_copy(update={"text": w}) for r, w in zip(requests, text, strict=True)
     ]
     conditions.append(
-        _query_condition("hybrid, filter 1 %", hybrid_filtered, store.search, None, expected)
+        _query_condition("hybrid, filter 1 %", hybrid_filtered, search, None, expected)
     )
     # The same vector queries with the exact fallback off (nprobes as configured, then each
     # of ``nprobes_sweep``): what the fallback costs and buys, and what probing more buys.
@@ -288,7 +291,8 @@ def run_size(
     )
     for nprobes in [settings.nprobes, *nprobes_sweep] if settings.store == "embedded" else []:
         tuned = settings.model_copy(update={"exact_search_max_rows": 0, "nprobes": nprobes})
-        without = open_store(MODEL_ID, tuned)
+        without_library = Library.open(tuned)
+        without = Searcher(without_library.index(MODEL_ID), tuned)
         suffix = "no exact fallback" + (f", nprobes {nprobes}" if nprobes_sweep else "")
         cases = {"": unfiltered} if nprobes != settings.nprobes else {}
         cases.update({f", filter {share}": case for share, case in filtered.items()})
@@ -298,9 +302,9 @@ def run_size(
                     f"vector{name}, {suffix}", requests, without.search, truth, expected
                 )
             )
-        without.close()
-    _drop(store)
-    store.close()
+        without_library.close()
+    _drop(library)
+    library.close()
     return {
         "store": settings.store,
         "documents": n,
@@ -321,19 +325,21 @@ def run_size(
     }
 
 
-def _size_mb(store: Store, home: Path) -> float:
+def _size_mb(library: Library, home: Path) -> float:
     """What the index takes on disk: the table files, or the cluster's primary store size."""
-    if store.settings.store == "embedded":
+    if library.settings.store == "embedded":
         return sum(f.stat().st_size for f in home.rglob("*") if f.is_file()) / 2**20
-    stats = store.client.indices.stats(index=store.index, metric="store")
+    name = library.index(MODEL_ID).name
+    stats = library.backend.client.indices.stats(index=name, metric="store")
     return stats["_all"]["primaries"]["store"]["size_in_bytes"] / 2**20
 
 
-def _drop(store: Store) -> None:
+def _drop(library: Library) -> None:
     """A cluster keeps indices across runs: start and end each measurement without them."""
-    if store.settings.store != "embedded" and store.client.indices.exists(index=store.index):
-        store.client.indices.delete(index=store.index)
-        store._dimension, store._exists = None, False
+    if library.settings.store != "embedded":
+        client, name = library.backend.client, library.index(MODEL_ID).name
+        if client.indices.exists(index=name):
+            client.indices.delete(index=name)
 
 
 NODE_SCRIPT = str(REPO / "scripts" / "opensearch.sh")

@@ -37,6 +37,8 @@ from benchmarks.common import (
 )
 from benchmarks.datasets import LibraryConfig, build_library
 from pipeline.decode import decode_image
+from pipeline.ingest import ingest
+from pipeline.library import Library
 from pipeline.settings import Settings, get_settings
 
 if TYPE_CHECKING:
@@ -108,17 +110,10 @@ def ingest_speed(
     source: Path, embedder: Embedder, workers: int, batch_size: int, scratch: Path
 ) -> dict[str, Any]:
     """One full :func:`pipeline.ingest.ingest` of ``source`` into a fresh embedded store."""
-    from pipeline.ingest import ingest
-    from pipeline.store.embedded import EmbeddedStore
-
     home = Path(tempfile.mkdtemp(prefix=f"ingest-{workers}x{batch_size}-", dir=scratch))
     settings = Settings(home=home, decode_workers=workers, batch_size=batch_size)
-    store = EmbeddedStore(settings, embedder.model_id)
-    try:
-        with measure() as usage:
-            summary = ingest(source, store=store, embedder=embedder, settings=settings)
-    finally:
-        store.close()
+    with Library.open(settings) as library, measure() as usage:
+        summary = ingest(source, library=library, embedder=embedder, settings=settings)
     images = summary.new + summary.updated
     stages = summary.stage_seconds
     steady_s = summary.duration_s - stages.get("optimize", 0.0)

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -99,8 +102,9 @@ class QuarantinedItem(BaseModel):
 
 class IngestSummary(BaseModel):
     """What an ingestion run did: printed by ``lookalike ingest --json``, returned by the
-    Airflow DAG as XCom, and kept by the store (``Store.record_run``) for Dashboards."""
+    Airflow DAG as XCom, and kept in the run log (``RunLog``) for Dashboards."""
 
+    kind: Literal["ingest"] = "ingest"
     run_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     source: str = ""
     started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
@@ -115,3 +119,173 @@ class IngestSummary(BaseModel):
     stage_seconds: dict[str, float] = Field(
         default_factory=dict, description="Time spent per stage (read wait, embed, write)."
     )
+
+
+class AliasSwitch(BaseModel):
+    """One move of the alias searches follow, kept in the run log next to the ingest runs: a
+    rollout's switch (with what its backfill did), a rollback, or ``lookalike index
+    activate``. ``rollback`` finds where "back" is from these."""
+
+    kind: Literal["switch"] = "switch"
+    run_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    started_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    model: str = Field(description="The model version the alias names now.")
+    previous: str | None = Field(None, description="The one it named before (None: nothing).")
+    trigger: Literal["rollout", "rollback", "activate", "first ingest"]
+    embedded: int = Field(0, description="Documents a rollout embedded for the new version.")
+    resumed: int = Field(0, description="Documents an earlier attempt of the rollout wrote.")
+    duration_s: float = 0.0
+
+
+# -- the field table --------------------------------------------------------------------------
+
+Kind = Literal[
+    "keyword", "keywords", "text", "integer", "long", "float", "date", "vector", "labels", "json"
+]
+Backend = Literal["embedded", "cluster"]
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One field of an indexed record, as every store lays it out.
+
+    ``kind`` decides the physical type in each store (``pipeline/store/``: the Arrow schema of
+    the embedded store, the OpenSearch and Elasticsearch mappings, all generated from the
+    tables below). ``filterable`` fields may be named by a filter and are indexed for it;
+    ``analyzed`` fields are searched as full text (BM25, with ``LOOKALIKE_TEXT_ANALYZER`` on a
+    cluster); ``case_insensitive`` keywords match filters whatever their case. Fields with
+    ``derive`` are not part of the document model: a store computes them
+    from the document to search it (``stores`` says which stores need them), and never reads
+    them back.
+    """
+
+    name: str
+    kind: Kind
+    description: str
+    filterable: bool = False
+    analyzed: bool = False
+    case_insensitive: bool = False
+    derive: Callable[[Any], Any] | None = None
+    stores: frozenset[Backend] = frozenset({"embedded", "cluster"})
+
+    @property
+    def stored(self) -> bool:
+        return self.derive is None
+
+
+def label_key(name: str, confidence: float) -> str:
+    """``"tabby cat:71"``: a label as one keyword per whole percent, which the embedded store
+    filters on (LanceDB filters cannot look inside a list of structs)."""
+    return f"{name.casefold()}:{math.floor(confidence)}"
+
+
+def metadata_pairs(metadata: dict[str, str]) -> list[str]:
+    """``["source=scikit-image"]``: metadata as keywords, so any column is filterable without
+    a mapping of its own."""
+    return [f"{key}={value}" for key, value in sorted(metadata.items())]
+
+
+ASSET_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("id", "keyword", "Stable id from the source URI.", filterable=True),
+    FieldSpec("uri", "keyword", "Where the asset lives.", filterable=True),
+    FieldSpec("sha256", "keyword", "SHA-256 of the file's bytes."),
+    FieldSpec("fingerprint", "keyword", "Content and metadata hash: a change means re-index."),
+    FieldSpec("size_bytes", "long", "File size.", filterable=True),
+    FieldSpec("mtime_ns", "long", "File modification time (ns)."),
+    FieldSpec("width", "integer", "Width in pixels, upright.", filterable=True),
+    FieldSpec("height", "integer", "Height in pixels, upright.", filterable=True),
+    FieldSpec("format", "keyword", "Image format (JPEG, PNG...).", filterable=True),
+    FieldSpec("title", "text", "Title from the manifest.", analyzed=True),
+    FieldSpec("description", "text", "Description from the manifest.", analyzed=True),
+    FieldSpec("keywords", "keywords", "Keywords from the manifest.", True, analyzed=True),
+    FieldSpec("metadata", "json", "Other manifest columns, as strings."),
+    FieldSpec("labels", "labels", "Labels with confidences and parents."),
+    FieldSpec("embedding", "vector", "L2-normalised image embedding."),
+    FieldSpec("model", "keyword", "Backbone name from the model registry.", filterable=True),
+    FieldSpec("model_version", "keyword", "Backbone version.", filterable=True),
+    FieldSpec("ingested_at", "date", "When the document was written.", filterable=True),
+    FieldSpec(
+        "metadata_kv",
+        "keywords",
+        "Metadata as KEY=VALUE keywords, for metadata filters.",
+        filterable=True,
+        derive=lambda doc: metadata_pairs(doc.metadata),
+    ),
+    FieldSpec(
+        "label_names",
+        "keywords",
+        "Label names, for filters without a confidence and for facets.",
+        filterable=True,
+        case_insensitive=True,
+        derive=lambda doc: [lab.name for lab in doc.labels],
+        stores=frozenset({"cluster"}),
+    ),
+    FieldSpec(
+        "label_keys",
+        "keywords",
+        "Labels as name:whole-percent keywords, for confidence filters.",
+        filterable=True,
+        derive=lambda doc: [label_key(lab.name, lab.confidence) for lab in doc.labels],
+        stores=frozenset({"embedded"}),
+    ),
+    FieldSpec(
+        "text",
+        "text",
+        "Title, description and keywords in one column, for its full-text index.",
+        analyzed=True,
+        derive=lambda doc: "\n".join(
+            filter(None, [doc.title, doc.description, " ".join(doc.keywords)])
+        ),
+        stores=frozenset({"embedded"}),
+    ),
+)
+"""The asset index. Document fields in ``AssetDocument`` order, then the derived ones."""
+
+QUARANTINE_FIELDS: tuple[FieldSpec, ...] = (
+    *(f for f in ASSET_FIELDS if f.name in ("id", "uri", "sha256", "fingerprint")),
+    *(f for f in ASSET_FIELDS if f.name in ("size_bytes", "mtime_ns")),
+    FieldSpec("reason", "text", "Why the file could not be indexed.", analyzed=True),
+    FieldSpec("quarantined_at", "date", "When.", filterable=True),
+)
+"""The quarantine log: one record per file that could not be indexed."""
+
+
+RUN_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec("run_id", "keyword", "The run's (or switch's) id.", filterable=True),
+    FieldSpec("kind", "keyword", "ingest or switch.", filterable=True),
+    FieldSpec("started_at", "date", "When it started.", filterable=True),
+    FieldSpec("model", "keyword", "The model version written (or now searched).", True),
+    FieldSpec("source", "keyword", "Ingest: the folder's URI.", filterable=True),
+    *(
+        FieldSpec(name, "integer", f"Ingest: assets {name}.")
+        for name in ("new", "updated", "unchanged", "deleted")
+    ),
+    FieldSpec("quarantined", "json", "Ingest: the files quarantined, with reasons."),
+    FieldSpec(
+        "quarantined_count",
+        "integer",
+        "Ingest: how many files were quarantined.",
+        derive=lambda run: len(getattr(run, "quarantined", [])),
+    ),
+    FieldSpec("duration_s", "float", "Seconds it took."),
+    FieldSpec("images_per_s", "float", "Ingest: images embedded per second."),
+    FieldSpec("stage_seconds", "json", "Ingest: seconds per stage."),
+    FieldSpec("previous", "keyword", "Switch: the model version searched before.", True),
+    FieldSpec("trigger", "keyword", "Switch: rollout, rollback, activate, first ingest.", True),
+    FieldSpec("embedded", "integer", "Switch: documents the rollout embedded."),
+    FieldSpec("resumed", "integer", "Switch: documents an earlier attempt wrote."),
+)
+"""The run log: ingest runs and alias switches, told apart by ``kind``."""
+
+
+def fields_for(fields: tuple[FieldSpec, ...], backend: Backend) -> tuple[FieldSpec, ...]:
+    """The fields one kind of store lays out."""
+    return tuple(f for f in fields if backend in f.stores)
+
+
+def field(fields: tuple[FieldSpec, ...], name: str) -> FieldSpec:
+    """The spec of ``name``; ``KeyError`` naming the fields there are."""
+    for spec in fields:
+        if spec.name == name:
+            return spec
+    raise KeyError(f"no field {name!r}; fields: {', '.join(f.name for f in fields)}")

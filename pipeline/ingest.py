@@ -1,9 +1,14 @@
 """Ingestion: discover -> decode -> embed -> label -> write, incrementally.
 
-Shaped like clip-retrieval's inference split: a *reader* (threads that read, hash, decode and
-resize files ahead of the model), a *mapper* (one batched model call that yields embeddings and
-ImageNet probabilities, turned into labels) and a *writer* (one upsert per batch). Each stage is
-timed per batch so a slow stage shows up in the summary.
+A small runner of three stages, shaped like clip-retrieval's inference (reader -> mapper ->
+writer), each timed per batch so a slow stage shows up in the run's summary:
+
+* **reader** (``read``): threads read, hash, decode and resize files ahead of the model, up to
+  two batches ahead, across batch boundaries;
+* **mapper** (``embed``): one batched model call per batch, giving embeddings and ImageNet
+  probabilities, turned into labels; files that could not be decoded become quarantine records;
+* **writer**: ``IndexWriter`` upserts the documents into one model version's index and keeps
+  the quarantine log in step (rollouts bring their own writer, ``pipeline/rollout.py``).
 
 A run is planned first and executed second, so the same code serves one process and many:
 ``plan_run`` decides everything (what to embed, what to delete) into a JSON-serialisable
@@ -15,16 +20,17 @@ the run. ``ingest`` chains the same functions in one process for the CLI.
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -33,20 +39,20 @@ from pipeline import discover
 from pipeline.decode import DecodeError, decode_image
 from pipeline.discover import SourceAsset
 from pipeline.document import (
+    AliasSwitch,
     AssetDocument,
     IngestSummary,
     QuarantinedItem,
     QuarantineRecord,
     StoredState,
 )
+from pipeline.embed import Embedder, get_embedder
+from pipeline.label import Labeler, get_labeler
+from pipeline.library import Library, model_name
 from pipeline.settings import Settings, get_settings
-from pipeline.store.base import BulkWriteError
+from pipeline.store.base import BulkWriteError, DocumentIndex, QuarantineLog
 
-if TYPE_CHECKING:
-    from pipeline.embed import Embedder
-    from pipeline.label import Labeler
-    from pipeline.store import Store
-
+log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
@@ -56,6 +62,7 @@ class Loaded:
     """A source asset after the reader stage: model-ready pixels, or why it has none."""
 
     asset: SourceAsset
+    previous: StoredState | None = None
     sha256: str = ""
     fingerprint: str = ""
     pixels: np.ndarray | None = None
@@ -64,6 +71,15 @@ class Loaded:
     format: str = ""
     error: str | None = None
     unchanged: bool = False  # touched (new mtime) but same content and metadata
+
+
+@dataclass
+class Mapped:
+    """A batch after the mapper stage: documents to write, records of what failed."""
+
+    items: list[Loaded]
+    docs: list[AssetDocument]
+    failed: list[QuarantineRecord]
 
 
 class BatchResult(BaseModel):
@@ -75,9 +91,13 @@ class BatchResult(BaseModel):
     quarantined: list[QuarantineRecord] = Field(default_factory=list)
     seconds: dict[str, float] = Field(default_factory=dict)
 
-    @property
-    def embedded(self) -> int:
-        return self.new + self.updated
+    def add(self, other: BatchResult) -> None:
+        self.new += other.new
+        self.updated += other.updated
+        self.unchanged += other.unchanged
+        self.quarantined += other.quarantined
+        for stage, seconds in other.seconds.items():
+            self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
 
 class AssetRef(BaseModel):
@@ -109,34 +129,27 @@ class RunPlan(BaseModel):
     unchanged: int = 0
 
 
-def _accumulate(summary: IngestSummary, batch: BatchResult) -> None:
-    summary.new += batch.new
-    summary.updated += batch.updated
-    summary.unchanged += batch.unchanged
-    summary.quarantined += [QuarantinedItem(uri=r.uri, reason=r.reason) for r in batch.quarantined]
-    for stage, seconds in batch.seconds.items():
-        summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + seconds
+# -- reader ------------------------------------------------------------------------------------
 
 
-def load(
-    asset: SourceAsset, state: StoredState | None, embedder: Embedder, settings: Settings
-) -> Loaded:
-    """Reader stage for one file: read once, hash, decode safely, resize for the model."""
+def load(ref: AssetRef, embedder: Embedder, settings: Settings) -> Loaded:
+    """Read one file once, hash it, decode it safely and resize it for the model."""
+    asset = ref.asset
+    loaded = Loaded(asset, ref.previous, fingerprint=asset.fingerprint(""))
     if not asset.exists:
-        return Loaded(asset, fingerprint=asset.fingerprint(""), error="file not found")
+        loaded.error = "file not found"
+        return loaded
     if asset.size_bytes > settings.max_file_bytes:
-        return Loaded(
-            asset,
-            fingerprint=asset.fingerprint(""),
-            error=f"file too large: {asset.size_bytes} bytes (limit {settings.max_file_bytes})",
-        )
+        loaded.error = f"file too large: {asset.size_bytes} bytes (limit {settings.max_file_bytes})"
+        return loaded
     try:
         data = asset.path.read_bytes()
     except OSError as exc:
-        return Loaded(asset, fingerprint=asset.fingerprint(""), error=f"cannot read: {exc}")
-    sha = hashlib.sha256(data).hexdigest()
-    loaded = Loaded(asset, sha256=sha, fingerprint=asset.fingerprint(sha))
-    if state is not None and state.fingerprint == loaded.fingerprint:
+        loaded.error = f"cannot read: {exc}"
+        return loaded
+    loaded.sha256 = hashlib.sha256(data).hexdigest()
+    loaded.fingerprint = asset.fingerprint(loaded.sha256)
+    if ref.previous is not None and ref.previous.fingerprint == loaded.fingerprint:
         loaded.unchanged = True
         return loaded
     try:
@@ -151,59 +164,41 @@ def load(
     return loaded
 
 
-def read_batches(
-    batches: Sequence[Sequence[tuple[SourceAsset, StoredState | None]]],
-    embedder: Embedder,
-    settings: Settings,
-    seconds: dict[str, float],
-) -> Iterator[list[Loaded]]:
+def read(
+    batches: Sequence[Sequence[AssetRef]], embedder: Embedder, settings: Settings
+) -> Iterator[tuple[list[Loaded], float]]:
     """Reader stage over whole batches: decode threads stay up to two batches ahead of the
-    model, across batch boundaries. Time spent waiting on them adds to ``seconds["read_wait"]``.
-    """
+    model. Yields each batch with the seconds the caller waited for it."""
     window = 2 * max(map(len, batches), default=1)
     with ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode") as pool:
         loaded = _prefetch(
             pool,
-            lambda pair: load(pair[0], pair[1], embedder, settings),
-            (pair for batch in batches for pair in batch),
+            lambda ref: load(ref, embedder, settings),
+            (ref for batch in batches for ref in batch),
             window=window,
         )
         for batch in batches:
             start = time.perf_counter()
             items = [next(loaded) for _ in batch]
-            seconds["read_wait"] = seconds.get("read_wait", 0.0) + time.perf_counter() - start
-            yield items
+            yield items, time.perf_counter() - start
 
 
-def embed_batch(
-    items: Sequence[Loaded], embedder: Embedder, labeler: Labeler, settings: Settings
-) -> tuple[list[AssetDocument], list[QuarantineRecord], float]:
-    """Mapper stage: documents for the decodable items (one model call), quarantine records for
-    the others, and the seconds the model and the labeler took. Writes nothing."""
-    quarantined = [
-        QuarantineRecord(
-            id=item.asset.id,
-            uri=item.asset.uri,
-            sha256=item.sha256,
-            fingerprint=item.fingerprint,
-            size_bytes=item.asset.size_bytes,
-            mtime_ns=item.asset.mtime_ns,
-            reason=item.error,
-        )
-        for item in items
-        if item.error is not None
-    ]
+# -- mapper ------------------------------------------------------------------------------------
+
+
+def embed(items: list[Loaded], embedder: Embedder, labeler: Labeler, settings: Settings) -> Mapped:
+    """Documents for the decodable items (one model call), quarantine records for the others.
+    Writes nothing."""
+    failed = [_record(item, item.error) for item in items if item.error is not None]
     good = [i for i in items if i.pixels is not None]
     if not good:
-        return [], quarantined, 0.0
-    start = time.perf_counter()
+        return Mapped(items, [], failed)
     prediction = embedder.predict(np.stack([i.pixels for i in good]))
     labels = labeler.detect_batch(
         prediction.probabilities,
         min_confidence=settings.label_min_confidence,
         max_labels=settings.label_max_labels,
     )
-    seconds = time.perf_counter() - start
     docs = [
         AssetDocument(
             id=item.asset.id,
@@ -226,53 +221,103 @@ def embed_batch(
         )
         for item, vector, item_labels in zip(good, prediction.embeddings, labels, strict=True)
     ]
-    return docs, quarantined, seconds
+    return Mapped(items, docs, failed)
 
 
-def process_batch(
-    items: list[Loaded],
-    stored: Mapping[str, StoredState],
-    store: Store,
-    embedder: Embedder,
-    labeler: Labeler,
-    settings: Settings,
-) -> BatchResult:
-    """Mapper + writer for one batch of loaded assets. Idempotent: upserts by id."""
-    docs, quarantined, embed_seconds = embed_batch(items, embedder, labeler, settings)
-    result = BatchResult(unchanged=sum(i.unchanged for i in items), quarantined=quarantined)
-    if docs:
-        result.seconds["embed"] = embed_seconds
-    start = time.perf_counter()
-    try:
-        store.upsert(docs)
-    except BulkWriteError as exc:
-        if exc.transient or not exc.rejected:
-            raise  # the index is busy or away: fail the batch, a retry or re-run writes it
-        # The index refused these documents for good: quarantine them with its reason.
-        refused = exc.rejected
-        result.quarantined += [_rejected(d, refused[d.id]) for d in docs if d.id in refused]
-        docs = [d for d in docs if d.id not in refused]
-    store.quarantine(result.quarantined)
-    result.seconds["write"] = time.perf_counter() - start
-    for doc in docs:
-        previous = stored.get(doc.id)
-        if previous is None or previous.quarantined:
-            result.new += 1
-        else:
-            result.updated += 1
-    return result
-
-
-def _rejected(doc: AssetDocument, reason: str) -> QuarantineRecord:
+def _record(item: Loaded, reason: str) -> QuarantineRecord:
     return QuarantineRecord(
-        id=doc.id,
-        uri=doc.uri,
-        sha256=doc.sha256,
-        fingerprint=doc.fingerprint,
-        size_bytes=doc.size_bytes,
-        mtime_ns=doc.mtime_ns,
-        reason=f"rejected by the index: {reason}",
+        id=item.asset.id,
+        uri=item.asset.uri,
+        sha256=item.sha256,
+        fingerprint=item.fingerprint,
+        size_bytes=item.asset.size_bytes,
+        mtime_ns=item.asset.mtime_ns,
+        reason=reason,
     )
+
+
+# -- writer ------------------------------------------------------------------------------------
+
+
+class IndexWriter:
+    """Writes mapped batches into one model version's index and keeps the quarantine log in
+    step: written documents leave it, failed files enter it (and leave the index)."""
+
+    def __init__(self, index: DocumentIndex, quarantine: QuarantineLog) -> None:
+        self.index = index
+        self.quarantine = quarantine
+
+    def __call__(self, batch: Mapped) -> BatchResult:
+        result = BatchResult(unchanged=sum(i.unchanged for i in batch.items))
+        failed = list(batch.failed)
+        docs = batch.docs
+        try:
+            self.index.upsert(docs)
+        except BulkWriteError as exc:
+            if exc.transient or not exc.rejected:
+                raise  # the index is busy or away: fail the batch, a retry or re-run writes it
+            # The index refused these documents for good: quarantine them with its reason.
+            refused = exc.rejected
+            items = {i.asset.id: i for i in batch.items}
+            failed += [
+                _record(items[d.id], f"rejected by the index: {refused[d.id]}")
+                for d in docs
+                if d.id in refused
+            ]
+            docs = [d for d in docs if d.id not in refused]
+        previous = {i.asset.id: i.previous for i in batch.items}
+        quarantined = {i for i, state in previous.items() if state and state.quarantined}
+        indexed = {i for i, state in previous.items() if state and not state.quarantined}
+        self.quarantine.remove([d.id for d in docs if d.id in quarantined])
+        self.quarantine.add(failed)
+        self.index.delete([r.id for r in failed if r.id in indexed])  # a stale document
+        result.new = sum(d.id not in indexed for d in docs)
+        result.updated = len(docs) - result.new
+        result.quarantined = failed
+        return result
+
+
+class Timed(Protocol):
+    """A writer's result, which the runner adds the batch's stage timings to."""
+
+    seconds: dict[str, float]
+
+
+W = TypeVar("W", bound=Timed)
+
+
+def run_stages(
+    batches: Sequence[Sequence[AssetRef]],
+    embedder: Embedder,
+    settings: Settings,
+    write: Callable[[Mapped], W],
+) -> Iterator[W]:
+    """The runner: reader -> mapper -> writer over ``batches``, each stage timed per batch,
+    yielding each batch's result once it is written (the reader keeps decoding the next batch
+    meanwhile)."""
+
+    labeler = get_labeler()
+    for number, (items, read_wait) in enumerate(read(batches, embedder, settings), 1):
+        start = time.perf_counter()
+        mapped = embed(items, embedder, labeler, settings)
+        embedded = time.perf_counter()
+        result = write(mapped)
+        timings = {
+            "read_wait": read_wait,
+            "embed": embedded - start,
+            "write": time.perf_counter() - embedded,
+        }
+        result.seconds.update(timings)
+        log.debug(
+            "batch %d: %d images, %s",
+            number,
+            len(items),
+            ", ".join(f"{stage} {s:.2f} s" for stage, s in timings.items()),
+        )
+        yield result
+
+
+# -- runs ---------------------------------------------------------------------------------------
 
 
 def plan_run(
@@ -280,19 +325,21 @@ def plan_run(
     manifest: Path | None = None,
     settings: Settings | None = None,
     *,
-    store: Store | None = None,
+    library: Library | None = None,
+    model: str | None = None,
     run_id: str | None = None,
 ) -> RunPlan:
-    """Discover stage: scan ``source`` (and the manifest) and compare it with the store that
-    the alias names (or ``store``). Reads files' metadata only, never their pixels."""
+    """Discover stage: scan ``source`` (and the manifest) and compare it with the index of
+    ``model`` (default: the active one). Reads files' metadata only, never their pixels."""
     settings = settings or get_settings()
-    with _using(store, None, settings) as target:
-        stored = target.states()
+    with _opened(library, settings) as lib:
+        index = lib.index(model)
+        stored = lib.states(index)
         work = discover.plan(discover.scan(Path(source), manifest), stored, Path(source))
         return RunPlan(
             run_id=run_id or uuid.uuid4().hex,
             source=discover.path_to_uri(Path(source)),
-            model=target.model_id,
+            model=index.model_id,
             todo=[AssetRef(asset=asset, previous=stored.get(asset.id)) for asset in work.todo],
             deleted=work.deleted,
             unchanged=work.unchanged,
@@ -316,31 +363,21 @@ def run_batches(
     model_id: str,
     settings: Settings | None = None,
     *,
-    store: Store | None = None,
+    library: Library | None = None,
     embedder: Embedder | None = None,
 ) -> Iterator[BatchResult]:
     """Read, embed, label and write ``batches`` into the index of ``model_id``, yielding each
-    batch's result as it is written (the reader keeps decoding the next batch meanwhile)."""
-    from pipeline.embed import get_embedder
-    from pipeline.label import get_labeler
-    from pipeline.store import model_name
+    batch's result as it is written."""
 
     settings = settings or get_settings()
     embedder = embedder or get_embedder(model_name(model_id))
     if embedder.model_id != model_id:
         raise ValueError(f"embedder {embedder.model_id} cannot write into the index of {model_id}")
-    labeler = get_labeler()
-    with _using(store, model_id, settings) as target:
-        target.ensure(embedder.spec.dim)
-        seconds: dict[str, float] = {}
-        pairs = [[(ref.asset, ref.previous) for ref in batch] for batch in batches]
-        for refs, items in zip(
-            batches, read_batches(pairs, embedder, settings, seconds), strict=True
-        ):
-            stored = {ref.asset.id: ref.previous for ref in refs if ref.previous is not None}
-            result = process_batch(items, stored, target, embedder, labeler, settings)
-            result.seconds["read_wait"] = seconds.pop("read_wait", 0.0)
-            yield result
+    with _opened(library, settings) as lib:
+        index = lib.index(model_id)
+        index.ensure(embedder.spec.dim)
+        writer = IndexWriter(index, lib.quarantine)
+        yield from run_stages(batches, embedder, settings, writer)
 
 
 def run_batch(
@@ -348,7 +385,7 @@ def run_batch(
     model_id: str,
     settings: Settings | None = None,
     *,
-    store: Store | None = None,
+    library: Library | None = None,
     embedder: Embedder | None = None,
 ) -> BatchResult:
     """One batch of a plan, as an Airflow mapped task runs it, through the model
@@ -357,24 +394,20 @@ def run_batch(
     settings = settings or get_settings()
     chunks = plan_batches(batch, settings.batch_size)
     merged = BatchResult()
-    for result in run_batches(chunks, model_id, settings, store=store, embedder=embedder):
-        merged.new += result.new
-        merged.updated += result.updated
-        merged.unchanged += result.unchanged
-        merged.quarantined += result.quarantined
-        for stage, seconds in result.seconds.items():
-            merged.seconds[stage] = merged.seconds.get(stage, 0.0) + seconds
+    for result in run_batches(chunks, model_id, settings, library=library, embedder=embedder):
+        merged.add(result)
     return merged
 
 
 def remove_deleted(
-    plan: RunPlan, settings: Settings | None = None, *, store: Store | None = None
+    plan: RunPlan, settings: Settings | None = None, *, library: Library | None = None
 ) -> int:
     """Delete the documents (and quarantine records) of files that are gone. Idempotent."""
     if not plan.deleted:
         return 0
-    with _using(store, plan.model, settings or get_settings()) as target:
-        return target.delete(plan.deleted)
+    with _opened(library, settings or get_settings()) as lib:
+        lib.quarantine.remove(plan.deleted)
+        return lib.index(plan.model).delete(plan.deleted)
 
 
 def finish_run(
@@ -383,11 +416,12 @@ def finish_run(
     deleted: int,
     settings: Settings | None = None,
     *,
-    store: Store | None = None,
+    library: Library | None = None,
 ) -> IngestSummary:
-    """Summarise the run, make the first index ever built the active one, compact the index
-    after changes and record the summary in the store (where Dashboards read it). An idle run
-    records nothing: it wrote nothing. Safe to retry: the run is recorded under its id."""
+    """Summarise the run, make the first index ever built the active one, bring the index's
+    search structures up to date and record the summary in the run log (where Dashboards and
+    ``lookalike runs`` read it). An idle run records nothing: it wrote nothing. Safe to retry:
+    the run is recorded under its id."""
     summary = IngestSummary(
         run_id=plan.run_id,
         source=plan.source,
@@ -396,22 +430,34 @@ def finish_run(
         deleted=deleted,
         model=plan.model,
     )
+    merged = BatchResult()
     for result in results:
-        _accumulate(summary, result)
+        merged.add(result)
+    summary.new, summary.updated = merged.new, merged.updated
+    summary.unchanged += merged.unchanged
+    summary.quarantined = [QuarantinedItem(uri=r.uri, reason=r.reason) for r in merged.quarantined]
+    summary.stage_seconds = dict(merged.seconds)
     changed = bool(summary.new or summary.updated or summary.deleted)
-    with _using(store, plan.model, settings or get_settings()) as target:
-        if target.active_model() is None and target.count():
-            target.activate()  # the first index built becomes the one searches use
-        if changed:
-            start = time.perf_counter()
-            target.optimize()
-            summary.stage_seconds["optimize"] = time.perf_counter() - start
+    with _opened(library, settings or get_settings()) as lib:
+        index = lib.index(plan.model)
+        if lib.catalogue.active() is None and index.count():
+            # The first index built becomes the one searches use.
+            lib.runs.record(
+                AliasSwitch(
+                    model=plan.model,
+                    previous=lib.catalogue.switch(plan.model),
+                    trigger="first ingest",
+                )
+            )
+        start = time.perf_counter()
+        index.optimize()  # also repairs what an interrupted run left unbuilt
+        summary.stage_seconds["optimize"] = time.perf_counter() - start
         summary.duration_s = round((datetime.now(UTC) - plan.started_at).total_seconds(), 3)
         embedded = summary.new + summary.updated
         summary.images_per_s = round(embedded / summary.duration_s, 2) if summary.duration_s else 0
         summary.stage_seconds = {k: round(v, 3) for k, v in summary.stage_seconds.items()}
         if changed or summary.quarantined:
-            target.record_run(summary)
+            lib.runs.record(summary)
     return summary
 
 
@@ -419,51 +465,44 @@ def ingest(
     source: Path,
     manifest: Path | None = None,
     *,
-    store: Store | None = None,
+    library: Library | None = None,
     embedder: Embedder | None = None,
     settings: Settings | None = None,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> IngestSummary:
-    """Bring the store in line with ``source``: index new and changed assets, quarantine the
-    undecodable ones, delete assets whose files are gone. ``on_progress(done, total)`` is
-    called after each batch."""
-    from pipeline.store import open_store
-
+    """Bring the index in line with ``source``: index new and changed assets, quarantine the
+    undecodable ones, delete assets whose files are gone. Writes into the active model
+    version's index, or ``embedder``'s. ``on_progress(done, total)`` is called after each
+    batch."""
     settings = settings or get_settings()
-    own_store = store is None
-    # The active model version (the alias), unless a caller picks a store or an embedder.
-    store = store or open_store(embedder.model_id if embedder else None, settings)
-    try:
-        plan = plan_run(source, manifest, settings, store=store)
+    with _opened(library, settings) as lib:
+        model = embedder.model_id if embedder else None
+        plan = plan_run(source, manifest, settings, library=lib, model=model)
         batches = plan_batches(plan.todo, settings.batch_size)
         total, done, results = len(plan.todo), 0, []
         if on_progress:
             on_progress(0, total)
-        # run_batches loads the model on its first batch: an unchanged library never imports
-        # TensorFlow.
-        running = run_batches(batches, plan.model, settings, store=store, embedder=embedder)
-        for batch, result in zip(batches, running if batches else (), strict=True):
-            results.append(result)
-            done += len(batch)
-            if on_progress:
-                on_progress(done, total)
-        deleted = remove_deleted(plan, settings, store=store)
-        return finish_run(plan, results, deleted, settings, store=store)
-    finally:
-        if own_store:
-            store.close()
+        if batches:  # only then is the model loaded: an unchanged library never imports TF
+            for batch, result in zip(
+                batches,
+                run_batches(batches, plan.model, settings, library=lib, embedder=embedder),
+                strict=True,
+            ):
+                results.append(result)
+                done += len(batch)
+                if on_progress:
+                    on_progress(done, total)
+        deleted = remove_deleted(plan, settings, library=lib)
+        return finish_run(plan, results, deleted, settings, library=lib)
 
 
 @contextmanager
-def _using(store: Store | None, model_id: str | None, settings: Settings) -> Iterator[Store]:
-    """``store`` as given (the caller closes it), or one opened for ``model_id`` (``None``:
-    the alias) and closed afterwards."""
-    if store is not None:
-        yield store
+def _opened(library: Library | None, settings: Settings) -> Iterator[Library]:
+    """``library`` as given (the caller closes it), or one opened now and closed after."""
+    if library is not None:
+        yield library
         return
-    from pipeline.store import open_store
-
-    with open_store(model_id, settings) as opened:
+    with Library.open(settings) as opened:
         yield opened
 
 

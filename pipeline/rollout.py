@@ -2,7 +2,7 @@
 least as good as the current one, switch searches to it in one atomic step; switch back on demand.
 
 Zero downtime by construction: every model version has its own index and searches follow the
-alias (``Store.activate`` moves it atomically), so while the new index fills, searches keep
+alias (the catalogue's ``switch`` moves it atomically), so while the new index fills, searches keep
 reading the current one, untouched; the switch is one alias move and the previous index stays
 as it was, so a rollback is one more move.
 
@@ -17,8 +17,8 @@ The steps (the rollout DAG runs each as a task; ``rollout`` runs them in one pro
    is configured, otherwise a self-check that needs no labels (transformed copies of sampled
    assets must find their originals at rank 1). Failures raise; the alias does not move.
 4. ``activate``: move the alias, if it still points where the plan found it. The switch is
-   recorded as a run whose ``source`` is ``index:<previous model id>`` (Dashboards list it with
-   the ingest runs), which is how ``rollback`` knows where "back" is.
+   recorded in the run log (``AliasSwitch``; Dashboards list it with the ingest runs), which is
+   how ``rollback`` knows where "back" is.
 
 Rolling back to an older index and ingesting again later brings it up to date incrementally:
 ingestion compares the files with the states of whichever index is active.
@@ -28,31 +28,27 @@ from __future__ import annotations
 
 import io
 import random
-import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 from pydantic import BaseModel, Field
 
+from pipeline.backbones import get_spec
 from pipeline.decode import DecodeError, decode_image
 from pipeline.discover import SourceAsset, read_manifest
-from pipeline.document import AssetDocument, IngestSummary, QuarantinedItem, StoredState
-from pipeline.ingest import embed_batch, plan_batches, read_batches
+from pipeline.document import AliasSwitch, AssetDocument, QuarantinedItem
+from pipeline.embed import Embedder, get_embedder
+from pipeline.ingest import AssetRef, Mapped, plan_batches, run_stages
+from pipeline.library import Library, model_name
+from pipeline.search import Searcher, SearchRequest
 from pipeline.settings import Settings, get_settings
-from pipeline.store.base import SearchRequest, StoreError
-
-if TYPE_CHECKING:
-    from pipeline.embed import Embedder
-    from pipeline.store import Store
-
-SWITCH_PREFIX = "index:"
-"""``IngestSummary.source`` of a recorded alias switch: ``index:<model id it replaced>``."""
+from pipeline.store.base import DocumentIndex, StoreError
 
 # Evaluation images are decoded no larger than this (short side): twice what the models resize
 # to, so a crop keeps enough pixels, while a sample of camera photos stays small in memory.
@@ -153,23 +149,20 @@ def plan_backfill(
     (``mobilenet_v2-gem-imagenet@1``). Documents the new index holds but the active one no
     longer does (left by an earlier attempt) are removed, so the two can match exactly.
     """
-    from pipeline.backbones import get_spec
-    from pipeline.store import model_name, open_store
-
     settings = settings or get_settings()
     spec = get_spec(model_name(model))
     if "@" in model and model != spec.model_id:
         raise RolloutError(f"the model registry has {spec.model_id}, not {model}")
-    with open_store(None, settings) as current:
-        active = current.active_model()
+    with Library.open(settings) as library:
+        active = library.catalogue.active()
         if active is None:
             raise RolloutError("no index is active yet: ingest a library first, then roll out")
         if active == spec.model_id:
             raise RolloutError(f"{spec.model_id} is already the active model version")
-        wanted = _documents(current)
-    with open_store(spec.model_id, settings) as target:
+        wanted = library.index(active).states()
+        target = library.index(spec.model_id)
         target.ensure(spec.dim)
-        held = _documents(target)
+        held = target.states()
         stale = sorted(set(held) - set(wanted))
         target.delete(stale)
     todo = sorted(
@@ -195,9 +188,6 @@ def backfill_batch(
     """Embed one batch of the plan into the new index (an Airflow mapped task). Safe to retry:
     documents are upserted by id. Files that cannot be read are reported, not quarantined:
     a rollout leaves the current index and the quarantine list as they are."""
-    from pipeline.embed import get_embedder
-    from pipeline.label import get_labeler
-    from pipeline.store import model_name, open_store
 
     settings = settings or get_settings()
     embedder = embedder or get_embedder(model_name(plan.target_model))
@@ -205,23 +195,24 @@ def backfill_batch(
         raise ValueError(
             f"embedder {embedder.model_id} cannot fill the index of {plan.target_model}"
         )
-    seconds: dict[str, float] = {"embed": 0.0, "write": 0.0}
-    with open_store(plan.source_model, settings) as current:
-        # An id gone from the current index since planning was deleted by an ingest: skip it.
-        docs = [d for d in (current.get(i, with_embedding=False) for i in ids) if d is not None]
-    chunks = plan_batches([(_source_asset(d), None) for d in docs], settings.batch_size)
     result = BackfillResult()
-    labeler = get_labeler()
-    with open_store(plan.target_model, settings) as target:
-        for items in read_batches(chunks, embedder, settings, seconds):
-            written, failed, embed_seconds = embed_batch(items, embedder, labeler, settings)
-            start = time.perf_counter()
-            target.upsert(written)
-            seconds["write"] += time.perf_counter() - start
-            seconds["embed"] += embed_seconds
-            result.written += len(written)
-            result.missing += [QuarantinedItem(uri=r.uri, reason=r.reason) for r in failed]
-    result.seconds = {stage: round(value, 3) for stage, value in seconds.items()}
+    with Library.open(settings) as library:
+        # An id gone from the current index since planning was deleted by an ingest: skip it.
+        docs = library.index(plan.source_model).get(ids)
+        refs = [AssetRef(asset=_source_asset(docs[i])) for i in ids if i in docs]
+        target = library.index(plan.target_model)
+
+        def write(batch: Mapped) -> BackfillResult:
+            target.upsert(batch.docs)
+            missing = [QuarantinedItem(uri=r.uri, reason=r.reason) for r in batch.failed]
+            return BackfillResult(written=len(batch.docs), missing=missing)
+
+        chunks = plan_batches(refs, settings.batch_size)
+        for done in run_stages(chunks, embedder, settings, write):
+            result.written += done.written
+            result.missing += done.missing
+            for stage, seconds in done.seconds.items():
+                result.seconds[stage] = round(result.seconds.get(stage, 0.0) + seconds, 3)
     return result
 
 
@@ -239,22 +230,19 @@ def validate(
     Raises ``RolloutError`` when the documents differ and ``QualityGateError`` when the new
     index retrieves worse than allowed; either way the alias stays where it is.
     """
-    from pipeline.embed import get_embedder
-    from pipeline.store import model_name, open_store
 
     settings = settings or get_settings()
     missing = [item for result in results for item in result.missing]
     keep = f"the alias still points to {plan.source_model}"
-    with (
-        open_store(plan.source_model, settings) as current,
-        open_store(plan.target_model, settings) as target,
-    ):
+    with Library.open(settings) as library:
+        current = library.index(plan.source_model)
+        target = library.index(plan.target_model)
         target.optimize()
-        wanted, held = set(_documents(current)), set(_documents(target))
-        if wanted != held or current.count() != target.count():
+        wanted, held = set(current.states()), set(target.states())
+        if wanted != held:
             message = (
-                f"document counts differ: {plan.source_model} holds {current.count()} documents, "
-                f"{plan.target_model} holds {target.count()}"
+                f"document counts differ: {plan.source_model} holds {len(wanted)} documents, "
+                f"{plan.target_model} holds {len(held)}"
             )
             if missing:
                 example = missing[0]
@@ -278,7 +266,7 @@ def validate(
         )
         if not gate.passed:
             raise QualityGateError(f"{gate.describe()}; {keep}")
-        return Validation(documents=target.count(), gate=gate)
+        return Validation(documents=len(held), gate=gate)
 
 
 def activate(
@@ -287,29 +275,27 @@ def activate(
     """Point the alias at the new index, unless it moved since the plan was made (another
     rollout or a rollback won the race: the validation no longer applies). Records the switch
     as a run, for Dashboards and for ``rollback``."""
-    from pipeline.store import open_store
-
     results = list(results)
-    with open_store(plan.target_model, settings or get_settings()) as target:
-        active = target.active_model()
+    with Library.open(settings or get_settings()) as library:
+        active = library.catalogue.active()
         if active != plan.source_model:
             raise RolloutError(
                 f"the alias moved from {plan.source_model} to {active} during the rollout; "
                 "roll out again"
             )
-        previous = target.activate()
-        summary = _switch_summary(plan.target_model, previous, plan.run_id, plan.started_at)
-        summary.new = sum(r.written for r in results)
-        summary.unchanged, summary.deleted = plan.resumed, plan.removed
-        for result in results:
-            for stage, seconds in result.seconds.items():
-                summary.stage_seconds[stage] = round(
-                    summary.stage_seconds.get(stage, 0) + seconds, 3
-                )
-        summary.images_per_s = (
-            round(summary.new / summary.duration_s, 2) if summary.duration_s else 0
+        previous = library.catalogue.switch(plan.target_model)
+        library.runs.record(
+            AliasSwitch(
+                run_id=plan.run_id,
+                started_at=plan.started_at,
+                model=plan.target_model,
+                previous=previous,
+                trigger="rollout",
+                embedded=sum(r.written for r in results),
+                resumed=plan.resumed,
+                duration_s=round((datetime.now(UTC) - plan.started_at).total_seconds(), 3),
+            )
         )
-        target.record_run(summary)
     return Switch(previous=previous, active=plan.target_model)
 
 
@@ -319,35 +305,28 @@ def rollback(settings: Settings | None = None, to: str | None = None) -> Switch:
     Instant: the previous index was kept. Recorded like any switch, so rolling back twice
     returns to where it started.
     """
-    from pipeline.store import open_store
-
     settings = settings or get_settings()
-    with open_store(None, settings) as current:
-        active = current.active_model()
+    with Library.open(settings) as library:
+        active = library.catalogue.active()
         if active is None:
             raise RolloutError("no index is active yet: there is nothing to roll back")
-        indexes = {info.model_id: info.count for info in current.indexes()}
+        indexes = {info.model_id: info.count for info in library.catalogue.indexes()}
         if to is None:
-            switches = [
-                r
-                for r in current.runs(limit=1000)
-                if r.source.startswith(SWITCH_PREFIX) and r.model == active
-            ]
-            if not switches:
+            switches = [s for s in library.runs.switches(limit=1000) if s.model == active]
+            if not switches or switches[0].previous is None:
                 raise RolloutError(
                     f"no recorded switch to {active}: name the version to roll back to "
                     f"(indexed: {', '.join(sorted(indexes)) or 'none'})"
                 )
-            to = switches[0].source.removeprefix(SWITCH_PREFIX)
-    if to == active:
-        raise RolloutError(f"{to} is already the active model version")
-    if not indexes.get(to):
-        raise RolloutError(
-            f"no index with documents for {to}; indexed: {', '.join(sorted(indexes)) or 'none'}"
-        )
-    with open_store(to, settings) as target:
-        previous = target.activate()
-        target.record_run(_switch_summary(to, previous, uuid.uuid4().hex, datetime.now(UTC)))
+            to = switches[0].previous
+        if to == active:
+            raise RolloutError(f"{to} is already the active model version")
+        if not indexes.get(to):
+            raise RolloutError(
+                f"no index with documents for {to}; indexed: {', '.join(sorted(indexes)) or 'none'}"
+            )
+        previous = library.catalogue.switch(to)
+        library.runs.record(AliasSwitch(model=to, previous=previous, trigger="rollback"))
     return Switch(previous=previous, active=to)
 
 
@@ -374,8 +353,8 @@ def rollout(model: str, settings: Settings | None = None) -> Rollout:
 
 
 def quality_gate(
-    current: Store,
-    candidate: Store,
+    current: DocumentIndex,
+    candidate: DocumentIndex,
     current_embedder: Embedder,
     candidate_embedder: Embedder,
     settings: Settings,
@@ -417,16 +396,19 @@ def quality_gate(
     )
 
 
-def self_check_queries(store: Store, settings: Settings) -> tuple[list[Image.Image], list[str]]:
+def self_check_queries(
+    index: DocumentIndex, settings: Settings
+) -> tuple[list[Image.Image], list[str]]:
     """Transformed copies of a seeded random sample of the indexed assets, with the id each
     must find. Needs no labels: an asset's own original is the right answer."""
-    ids = sorted(_documents(store))
+    ids = sorted(index.states())
     sample = random.Random(settings.rollout_seed).sample(
         ids, min(settings.rollout_sample_size, len(ids))
     )
+    docs = index.get(sample)
     images, truth = [], []
     for asset_id in sample:
-        doc = store.get(asset_id, with_embedding=False)
+        doc = docs.get(asset_id)
         original = _read_image(doc, settings) if doc is not None else None
         if original is None:
             continue  # unreadable now: the document check reports such files
@@ -485,35 +467,32 @@ def _embed(images: Sequence[Image.Image], embedder: Embedder, settings: Settings
     )
 
 
-def _rank1_rate(store: Store, vectors: np.ndarray, truth: Sequence[str]) -> float:
+def _rank1_rate(index: DocumentIndex, vectors: np.ndarray, truth: Sequence[str]) -> float:
     """Share of queries that find their original first. A library holds its own near-copies
     (resized, re-encoded, converted files: the very thing Lookalike finds), so a document
     ranked above the original still counts as a right answer when it is at least as similar
     to the original as the query is: it is a copy of the original, not a retrieval error."""
+    searcher = Searcher(index)
     found = 0
     for vector, expected in zip(vectors, truth, strict=True):
-        hits = store.search(SearchRequest(vector=vector.tolist(), k=_SELF_CHECK_DEPTH)).hits
+        hits = searcher.search(SearchRequest(vector=vector.tolist(), k=_SELF_CHECK_DEPTH)).hits
         rank = next((r for r, hit in enumerate(hits) if hit.id == expected), None)
         if rank is None:
             continue
         if rank == 0:
             found += 1
             continue
-        original = np.asarray(store.get(expected).embedding)
+        above = index.get([expected, *(hit.id for hit in hits[:rank])], with_embedding=True)
+        original = np.asarray(above[expected].embedding)
         query_similarity = float(original @ vector)
         found += all(
-            float(original @ np.asarray(store.get(hit.id).embedding)) >= query_similarity
+            float(original @ np.asarray(above[hit.id].embedding)) >= query_similarity
             for hit in hits[:rank]
         )
     return found / len(truth)
 
 
 # -- helpers -----------------------------------------------------------------------------------
-
-
-def _documents(store: Store) -> dict[str, StoredState]:
-    """Id -> state of the indexed documents (the quarantine list is shared by all versions)."""
-    return {i: s for i, s in store.states().items() if not s.quarantined}
 
 
 def _path(uri: str) -> Path | None:
@@ -561,18 +540,6 @@ def _decode_small(data: bytes, settings: Settings) -> Image.Image:
         size = (round(image.width * scale), round(image.height * scale))
         image = image.resize(size, Image.Resampling.BILINEAR)
     return image
-
-
-def _switch_summary(
-    model: str, previous: str | None, run_id: str, started_at: datetime
-) -> IngestSummary:
-    return IngestSummary(
-        run_id=run_id,
-        source=f"{SWITCH_PREFIX}{previous or ''}",
-        started_at=started_at,
-        model=model,
-        duration_s=round((datetime.now(UTC) - started_at).total_seconds(), 3),
-    )
 
 
 def _central_box(im: Image.Image, fraction: float) -> tuple[int, int, int, int]:

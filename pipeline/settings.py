@@ -81,6 +81,16 @@ class Settings(BaseSettings):
         5, ge=1, description="ANN candidates re-ranked exactly, as a multiple of k."
     )
 
+    # Search (every store)
+    num_candidates: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Candidates each ranking (vector, text) contributes to a hybrid search "
+        "before fusion (at least offset + k): the fused order does not depend on the page "
+        "asked for, as with OpenSearch's and Elasticsearch's own hybrid search.",
+    )
+
     # -- OpenSearch / Elasticsearch stores (LOOKALIKE_STORE=opensearch|elasticsearch) ----------
     # One connection block serves whichever cluster LOOKALIKE_STORE names. Secure by default:
     # certificates are verified; point cluster_ca_certs at the CA that signed the cluster's
@@ -132,6 +142,12 @@ class Settings(BaseSettings):
         1.0, ge=0, description="First wait before a bulk retry; doubles on every retry."
     )
     bulk_max_backoff_s: float = Field(60.0, ge=0, description="Longest wait between retries.")
+    read_max_retries: int = Field(
+        5,
+        ge=0,
+        description="Retries of a search or count that a cluster could not answer from the "
+        "whole index (a node went away; 429/502/503/504), with the bulk back-off.",
+    )
 
     @field_validator("cluster_urls", mode="before")
     @classmethod

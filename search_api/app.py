@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await anyio.to_thread.run_sync(engine.start)
         yield
+        engine.close()
 
     app = FastAPI(
         title="Lookalike search API",

@@ -1,11 +1,13 @@
-"""The search engine behind the API: one store and one embedder, kept in step with the alias.
+"""The search engine behind the API: the library, a searcher and an embedder, kept in step with
+the alias.
 
 The API is a long-running process, while ingestion and model rollouts happen elsewhere (the CLI,
-Airflow). So the store is not opened once and forgotten: before a request the engine asks the
-store which model version the alias names (a file read on the embedded store, a round trip on a
-cluster, so at most every ``api_alias_check_s``) and, when a rollout moved it, opens the new
-version's index and loads its model before answering. Requests always get a matching
-(store, embedder) pair: a query vector from one model is never searched in another's index.
+Airflow). So the library is opened once, but the version searched is not fixed: before a
+request the engine asks the catalogue which model version the alias names (a file read on the
+embedded store, a round trip on a cluster, so at most every ``api_alias_check_s``) and, when a
+rollout moved it, opens the new version's index and loads its model before answering. Requests
+always get a matching (searcher, embedder) pair: a query vector from one model is never
+searched in another's index.
 
 Everything here blocks (TensorFlow, LanceDB, file reads), so the routes call it in worker
 threads; query embedding goes through a small limiter (``api_image_workers``), because more
@@ -23,12 +25,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.search import image_vector
+from pipeline.embed import Embedder, get_embedder
+from pipeline.library import Library, model_name
+from pipeline.search import Searcher, image_vector
 from pipeline.settings import Settings
-from pipeline.store import Store, model_name, open_store
 
 if TYPE_CHECKING:
-    from pipeline.embed import Embedder
     from search_api.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -36,14 +38,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Backend:
-    """A store and the embedder of the model version its index holds."""
+    """A searcher over one model version's index and the embedder of that version."""
 
-    store: Store
+    searcher: Searcher
     embedder: Embedder
 
     @property
     def model_id(self) -> str:
-        return self.store.model_id
+        return self.searcher.index.model_id
 
 
 class EngineNotReady(RuntimeError):
@@ -56,6 +58,7 @@ class SearchEngine:
     def __init__(self, settings: Settings, metrics: Metrics) -> None:
         self.settings = settings
         self.metrics = metrics
+        self._library: Library | None = None
         self._backend: Backend | None = None
         self._lock = threading.Lock()
         self._checked_at = -math.inf
@@ -75,11 +78,11 @@ class SearchEngine:
         if now - self._checked_at < self.settings.api_alias_check_s:
             return backend
         self._checked_at = now  # a race here only means one more check
-        if self._active(backend) in (None, backend.model_id):
+        if self._active() in (None, backend.model_id):
             return backend
         with self._lock:  # one thread reloads; the others wait and then use its result
             backend = self._backend or backend
-            if self._active(backend) not in (None, backend.model_id):
+            if self._active() not in (None, backend.model_id):
                 log.info("the alias moved away from %s; reloading", backend.model_id)
                 try:
                     backend = self._backend = self._open()
@@ -88,11 +91,17 @@ class SearchEngine:
                 self.metrics.model_reloads.inc()
             return backend
 
-    @staticmethod
-    def _active(backend: Backend) -> str | None:
+    def library(self) -> Library:
+        if self._library is None:
+            raise EngineNotReady("the store is not open yet")
+        return self._library
+
+    def _active(self) -> str | None:
         try:
-            return backend.store.active_model()
-        except Exception as exc:  # whatever the backend raises, the store is unreachable
+            return self.library().catalogue.active()
+        except EngineNotReady:
+            raise
+        except Exception as exc:  # whatever the store raises, it is unreachable
             raise EngineNotReady(f"the store is not reachable: {exc}") from exc
 
     def embed(self, backend: Backend, data: bytes) -> list[float]:
@@ -104,14 +113,15 @@ class SearchEngine:
             self.metrics.embed_seconds.observe(time.perf_counter() - started)
 
     def _open(self) -> Backend:
-        from pipeline.embed import get_embedder
-
-        store = open_store(settings=self.settings)
+        if self._library is None:
+            self._library = Library.open(self.settings)
+        searcher = self._library.searcher()
+        model_id = searcher.index.model_id
         # The process-wide embedder cache: a model is loaded once however many apps use it.
-        embedder = get_embedder(model_name(store.model_id))
-        if embedder.model_id != store.model_id:
+        embedder = get_embedder(model_name(model_id))
+        if embedder.model_id != model_id:
             raise EngineNotReady(
-                f"the index holds {store.model_id} vectors but the registry's model is "
+                f"the index holds {model_id} vectors but the registry's model is "
                 f"{embedder.model_id}"
             )
         # The first call traces the model's tf.function (about a second): pay it here, not on
@@ -120,4 +130,8 @@ class SearchEngine:
         embedder.predict(np.zeros((1, size, size, 3), np.uint8))
         self.metrics.model_info.info({"model": embedder.model_id, "store": self.settings.store})
         log.info("serving %s from the %s store", embedder.model_id, self.settings.store)
-        return Backend(store=store, embedder=embedder)
+        return Backend(searcher=searcher, embedder=embedder)
+
+    def close(self) -> None:
+        if self._library is not None:
+            self._library.close()

@@ -1,6 +1,6 @@
 """The API's endpoints. Each one validates its input, hands the blocking work (model, store,
 files) to a worker thread and shapes the answer; the search itself is the core library's
-(``pipeline.search``, ``Store.search``), exactly as the CLI runs it."""
+(``pipeline.search.Searcher``), exactly as the CLI runs it."""
 
 from __future__ import annotations
 
@@ -19,9 +19,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from pipeline.document import AssetDocument
-from pipeline.search import similar_to
+from pipeline.search import SearchRequest, SearchResponse
 from pipeline.settings import Settings
-from pipeline.store.base import SearchRequest, SearchResponse
 from search_api import media
 from search_api.engine import Backend, SearchEngine
 from search_api.schemas import (
@@ -194,7 +193,7 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep) -> 
             except ValueError as exc:
                 raise _invalid(("body", "vector"), str(exc)) from None
         if query.asset_id:
-            response = await _timed(engine, similar_to, backend.store, query.asset_id, request_)
+            response = await _timed(engine, backend.searcher.similar, query.asset_id, request_)
             return _result(response, request_, "asset", backend, started)
         kind = "vector" if query.vector else "text" if request_.text else "filters"
     else:
@@ -202,7 +201,7 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep) -> 
             status_code=415,
             detail="send multipart/form-data with an 'image' file, or an application/json query",
         )
-    response = await _timed(engine, backend.store.search, request_)
+    response = await _timed(engine, backend.searcher.search, request_)
     return _result(response, request_, kind, backend, started)
 
 
@@ -233,7 +232,7 @@ async def similar(
     started = time.perf_counter()
     backend = await run_in_threadpool(engine.backend)
     request_ = options.to_request()
-    response = await _timed(engine, similar_to, backend.store, asset_id, request_)
+    response = await _timed(engine, backend.searcher.similar, asset_id, request_)
     return _result(response, request_, "asset", backend, started)
 
 
@@ -313,7 +312,7 @@ async def labels(
 ) -> LabelCounts:
     """How many assets carry each label, most frequent first (the web page's label chips)."""
     backend = await run_in_threadpool(engine.backend)
-    counts = await run_in_threadpool(backend.store.label_counts, min_confidence, limit)
+    counts = await run_in_threadpool(backend.searcher.index.label_counts, min_confidence, limit)
     return LabelCounts(
         min_confidence=min_confidence,
         labels=[LabelCount(name=name, count=count) for name, count in counts.items()],
@@ -342,7 +341,7 @@ async def readyz(engine: EngineDep, settings: SettingsDep) -> Readiness | JSONRe
             model=backend.model_id,
             dimension=backend.embedder.spec.dim,
             store=settings.store,
-            documents=backend.store.count(),
+            documents=backend.searcher.index.count(),
         )
 
     try:
@@ -414,7 +413,8 @@ def _invalid(loc: tuple[str, ...], msg: str, kind: str = "value_error") -> Reque
 
 async def _document(engine: SearchEngine, asset_id: str) -> AssetDocument:
     backend = await run_in_threadpool(engine.backend)
-    doc = await run_in_threadpool(backend.store.get, asset_id, False)
+    found = await run_in_threadpool(backend.searcher.index.get, [asset_id])
+    doc = found.get(asset_id)
     if doc is None:
         raise HTTPException(status_code=404, detail=f"no indexed asset with id {asset_id!r}")
     return doc
@@ -444,15 +444,12 @@ def _result(
         )
         for i, hit in enumerate(response.hits, 1)
     ]
-    more = len(hits) == request.k and (
-        response.total_candidates is None or request.offset + request.k < response.total_candidates
-    )
     return SearchResult(
         hits=hits,
         total_candidates=response.total_candidates,
         k=request.k,
         offset=request.offset,
-        next_offset=request.offset + request.k if more else None,
+        next_offset=request.offset + request.k if response.more else None,
         query=kind,
         model=backend.model_id,
         took_ms=round((time.perf_counter() - started) * 1000, 2),

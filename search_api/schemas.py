@@ -23,7 +23,13 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from pipeline.document import AssetDocument
-from pipeline.store.base import Hit, LabelFilter, SearchRequest, parse_metadata_filters
+from pipeline.search import (
+    Hit,
+    LabelFilter,
+    SearchRequest,
+    metadata_key,
+    parse_metadata_filters,
+)
 
 MAX_K = 100
 MAX_OFFSET = 10_000
@@ -43,7 +49,8 @@ AssetId = Annotated[
 
 _CONFIDENCE = r"(100(\.0+)?|[0-9]{1,2}(\.[0-9]+)?)"
 LABEL_SPEC_PATTERN = rf"^[^:]*[^:\s][^:]*(:{_CONFIDENCE})?$"
-METADATA_SPEC_PATTERN = r"^[^=]+=.*$"
+METADATA_KEY_PATTERN = r"^[^=<>!~]+$"
+METADATA_SPEC_PATTERN = r"^[^=<>!~]+=.*$"
 
 
 def _label_spec(value: str) -> str:
@@ -53,8 +60,13 @@ def _label_spec(value: str) -> str:
 
 
 def _metadata_spec(value: str) -> str:
-    if re.fullmatch(METADATA_SPEC_PATTERN, value) is None:
-        raise ValueError(f"expected KEY=VALUE, got {value!r}")
+    """The core's grammar decides (the pattern only documents it)."""
+    parse_metadata_filters([value])
+    return value
+
+
+def _metadata_key(value: str) -> str:
+    metadata_key(value)
     return value
 
 
@@ -79,6 +91,11 @@ MetadataSpec = Annotated[
         examples=["source=scikit-image"],
     ),
     AfterValidator(_metadata_spec),
+]
+MetadataKey = Annotated[
+    str,
+    Field(min_length=1, max_length=100, json_schema_extra={"pattern": METADATA_KEY_PATTERN}),
+    AfterValidator(_metadata_key),
 ]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
 
@@ -162,7 +179,7 @@ class SearchQuery(SearchOptions):
     )
     labels: LabelFilters = Field(default_factory=LabelFilters)
     metadata: dict[
-        Annotated[str, Field(min_length=1, max_length=100)],
+        MetadataKey,
         Annotated[list[Annotated[str, Field(max_length=200)]], Field(min_length=1, max_length=50)],
     ] = Field(
         default_factory=dict,

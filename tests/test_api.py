@@ -26,9 +26,9 @@ from support import CAT_COPIES, serving, stem
 from pipeline.backbones import DEFAULT_MODEL, REGISTRY
 from pipeline.embed import get_embedder, model_path
 from pipeline.ingest import ingest
+from pipeline.library import Library
 from pipeline.search import image_vector
 from pipeline.settings import Settings, get_settings
-from pipeline.store import open_store
 from search_api import create_app
 from search_api.media import MediaUnavailable, local_file
 
@@ -51,10 +51,14 @@ def stems(response: Any) -> list[str]:
 def home(sample_manifest: Path, embedder, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings whose embedded store holds the sample library (ingested once per module)."""
     settings = Settings(home=tmp_path_factory.mktemp("api_home"), batch_size=8)
-    store = open_store(embedder.model_id, settings)
-    ingest(
-        sample_manifest.parent, sample_manifest, store=store, embedder=embedder, settings=settings
-    )
+    with Library.open(settings) as library:
+        ingest(
+            sample_manifest.parent,
+            sample_manifest,
+            library=library,
+            embedder=embedder,
+            settings=settings,
+        )
     return settings
 
 
@@ -226,8 +230,10 @@ def test_asset_image_and_cached_thumbnail(
 
 
 def test_only_local_files_of_indexed_assets_are_served(client: TestClient, home: Settings) -> None:
-    doc = open_store(settings=home).get(id_of(client, "coffee"), with_embedding=False)
-    assert doc is not None and local_file(doc).is_file()
+    with Library.open(home) as library:
+        coffee = id_of(client, "coffee")
+        doc = library.index().get([coffee])[coffee]
+    assert local_file(doc).is_file()
     for uri in ("https://example.org/coffee.jpg", "file://otherhost/coffee.jpg"):
         with pytest.raises(MediaUnavailable, match="not a local file"):
             local_file(doc.model_copy(update={"uri": uri}))
@@ -250,7 +256,8 @@ def test_probes_and_metrics(client: TestClient, home: Settings) -> None:
     ready = client.get("/readyz").json()
     assert ready["status"] == "ready" and ready["model"] == "mobilenet_v2-imagenet@1"
     assert ready["dimension"] == 1280
-    assert ready["documents"] == open_store(settings=home).count()
+    with Library.open(home) as library:
+        assert ready["documents"] == library.index().count()
     client.post("/search", json={"k": 1})
     metrics = client.get("/metrics")
     assert metrics.headers["content-type"].startswith("text/plain")
@@ -476,26 +483,27 @@ def test_a_model_rollout_is_picked_up_without_restart(
     model_dir = get_settings().model_dir
     shutil.copy(model_path(embedder.spec, model_dir), model_path(new, model_dir))
     settings = Settings(home=tmp_path / "home", batch_size=8, api_alias_check_s=0)
-    library = samples / "copies"
-    old_store = open_store(embedder.model_id, settings)
-    ingest(library, store=old_store, embedder=embedder, settings=settings)
+    library = Library.open(settings)
+    source = samples / "copies"
+    ingest(source, library=library, embedder=embedder, settings=settings)
     with TestClient(create_app(settings)) as client:
         assert client.get("/readyz").json()["model"] == embedder.model_id
-        new_store = open_store(new.model_id, settings)
-        ingest(library, store=new_store, embedder=get_embedder(new.name), settings=settings)
-        new_store.activate()
+        ingest(source, library=library, embedder=get_embedder(new.name), settings=settings)
+        library.catalogue.switch(new.model_id)
         cat = upload(client, samples / "originals" / "chelsea.jpg", {"k": "3"})
         assert cat.json()["model"] == new.model_id
         assert set(stems(cat)) <= CAT_COPIES
         assert client.get("/readyz").json()["model"] == new.model_id
         assert "lookalike_model_reloads_total 1.0" in client.get("/metrics").text
 
-        open_store("unregistered-model@1", settings).activate()
+        library.index("unregistered-model@1").ensure(embedder.spec.dim)
+        library.catalogue.switch("unregistered-model@1")
         broken = client.get("/readyz")
         assert broken.status_code == 503 and "unregistered-model" in broken.json()["reason"]
         assert client.post("/search", json={"k": 1}).status_code == 503
-        old_store.activate()  # roll back
+        library.catalogue.switch(embedder.model_id)  # roll back
         assert client.get("/readyz").json()["model"] == embedder.model_id
+    library.close()
 
 
 # -- the OpenAPI contract --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import httpx
 import pandas as pd
 import pytest
 
+from pipeline.library import Library
 from pipeline.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -93,12 +94,13 @@ def _drop_indices(url: str, base: str) -> None:
     client.close()
 
 
-def writes(store: Any) -> int:
-    """A counter that moves with every write to the store's index: the LanceDB table version,
+def writes(library: Library) -> int:
+    """A counter that moves with every write to the active index: the LanceDB table version,
     or the cluster's count of indexing and delete operations."""
-    if store.settings.store == "embedded":
-        return store.table.version
-    stats = store.client.indices.stats(index=store.index, metric="indexing")
+    index = library.index()
+    if library.settings.store == "embedded":
+        return index.table.version
+    stats = library.backend.client.indices.stats(index=index.name, metric="indexing")
     indexing = stats["_all"]["primaries"]["indexing"]
     return indexing["index_total"] + indexing["delete_total"]
 
@@ -233,7 +235,6 @@ def test_ingest_dag_indexes_once_writes_nothing_again_and_removes_deleted_files(
     airflow_env: dict[str, Any], lookalike: dict[str, Path]
 ) -> None:
     from pipeline.discover import asset_id, path_to_uri
-    from pipeline.store import open_store
 
     dag = airflow_env["bag"].dags["lookalike_ingest"]
     library, manifest = lookalike["library"], lookalike["manifest"]
@@ -256,10 +257,11 @@ def test_ingest_dag_indexes_once_writes_nothing_again_and_removes_deleted_files(
     }
     assert all(q["reason"] for q in summary["quarantined"])
     assert states(first)["embed_batch"] == ["success"] * -(-(good + 3) // 16)
-    with open_store(None, Settings()) as store:
-        assert store.active_model() == BASE and store.count() == good
-        assert store.runs()[0].run_id == first.run_id, "recorded where Dashboards read it"
-        version = writes(store)
+    with Library.open(Settings()) as lib:
+        assert lib.catalogue.active() == BASE and lib.index().count() == good
+        runs = lib.runs.runs()
+        assert runs[0].run_id == first.run_id, "recorded where Dashboards read it"
+        version = writes(lib)
     [event] = asset_events(first)
     assert event["new"] == good and event["model"] == BASE
 
@@ -270,23 +272,24 @@ def test_ingest_dag_indexes_once_writes_nothing_again_and_removes_deleted_files(
     assert again["unchanged"] == good + 3
     assert states(second)["embed_batch"] == ["skipped"], "nothing to map"
     assert states(second)["announce"] == ["skipped"] and asset_events(second) == []
-    with open_store(None, Settings()) as store:
-        assert writes(store) == version, "an unchanged folder writes nothing"
-        assert [r.run_id for r in store.runs()] == [first.run_id], "an idle run records nothing"
+    with Library.open(Settings()) as lib:
+        assert writes(lib) == version, "an unchanged folder writes nothing"
+        runs = lib.runs.runs()
+        assert [r.run_id for r in runs] == [first.run_id], "an idle run records nothing"
 
     gone = library / "formats" / "rocket_cmyk.jpg"  # not in the manifest: a plain file
     gone_id = asset_id(path_to_uri(gone))
-    with open_store(None, Settings()) as store:
-        before = set(store.states())
+    with Library.open(Settings()) as lib:
+        before = set(lib.states(lib.index()))
     assert gone_id in before
     gone.unlink()
     third = run(dag, **conf)
     assert third.state == "success", states(third)
     removed = xcom(third, "summary")
     assert (removed["new"], removed["updated"], removed["deleted"]) == (0, 0, 1)
-    with open_store(None, Settings()) as store:
-        assert store.count() == good - 1
-        assert set(store.states()) == before - {gone_id}, "exactly that asset"
+    with Library.open(Settings()) as lib:
+        assert lib.index().count() == good - 1
+        assert set(lib.states(lib.index())) == before - {gone_id}, "exactly that asset"
     assert asset_events(third)[0]["deleted"] == 1
 
 
@@ -294,26 +297,26 @@ def test_a_retried_batch_duplicates_nothing(embedder, lookalike: dict[str, Path]
     """What a mapped ``embed_batch`` retry does after a crash that happened after its write:
     the same batch again, counted from the plan's recorded states, upserted by id."""
     from pipeline.ingest import plan_batches, plan_run, run_batch
-    from pipeline.store import open_store
 
     settings = Settings(batch_size=4)
     plan = plan_run(lookalike["library"] / "copies", settings=settings)
     [batch] = plan_batches(plan.todo, 10)
     first = run_batch(batch, plan.model, settings)
-    with open_store(plan.model, settings) as store:
-        written = store.states()
+    with Library.open(settings) as library:
+        written = library.index(plan.model).states()
     retried = run_batch(batch, plan.model, settings)
     assert first.new == retried.new == 10 and retried.updated == 0
-    with open_store(plan.model, settings) as store:
-        assert store.count() == 10 and store.states().keys() == written.keys()
+    with Library.open(settings) as library:
+        index = library.index(plan.model)
+        assert index.count() == 10 and index.states().keys() == written.keys()
 
 
 # -- the rollout DAG ---------------------------------------------------------------------------
 
 
 class Searcher(threading.Thread):
-    """Searches through ``open_store()`` in a loop, as the API does, recording every model
-    version that answered and every error."""
+    """Searches the library's active version in a loop, as the API does, recording every
+    model version that answered and every error."""
 
     def __init__(self, asset_id: str) -> None:
         super().__init__(daemon=True)
@@ -323,17 +326,16 @@ class Searcher(threading.Thread):
         self.stop = threading.Event()
 
     def run(self) -> None:
-        from pipeline.search import similar_to
-        from pipeline.store import open_store
-        from pipeline.store.base import SearchRequest
+        from pipeline.search import SearchRequest
 
         while not self.stop.is_set():
             try:
-                with open_store(None, Settings()) as store:
-                    hits = similar_to(store, self.asset_id, SearchRequest(k=3)).hits
+                with Library.open(Settings()) as library:
+                    searcher = library.searcher()
+                    hits = searcher.similar(self.asset_id, SearchRequest(k=3)).hits
                     if len(hits) != 3:
-                        self.errors.append(f"{len(hits)} hits from {store.model_id}")
-                    self.models.append(store.model_id)
+                        self.errors.append(f"{len(hits)} hits from {searcher.index.model_id}")
+                    self.models.append(searcher.index.model_id)
             except Exception as exc:  # every failure is a finding, whatever its type
                 self.errors.append(repr(exc))
             time.sleep(0.01)
@@ -343,14 +345,13 @@ def test_rollout_dag_switches_versions_while_search_answers_and_rolls_back(
     airflow_env: dict[str, Any], lookalike: dict[str, Path], capfd: pytest.CaptureFixture
 ) -> None:
     from pipeline.ingest import ingest
-    from pipeline.store import open_store
 
     ingested = ingest(lookalike["library"], lookalike["manifest"], settings=Settings())
     dag = airflow_env["bag"].dags["lookalike_rollout"]
     store_kind = lookalike["store"]
-    with open_store(None, Settings()) as store:
-        asset_id = next(iter(store.states()))
-        assert store.active_model() == BASE
+    with Library.open(Settings()) as library:
+        asset_id = next(iter(library.index().states()))
+        assert library.catalogue.active() == BASE
 
     searcher = Searcher(asset_id)
     searcher.start()
@@ -371,17 +372,17 @@ def test_rollout_dag_switches_versions_while_search_answers_and_rolls_back(
     assert xcom(rolled, "activate") == {"previous": BASE, "active": GEM}
     [event] = asset_events(rolled)
     assert event["active"] == GEM
-    with open_store(None, Settings()) as store:
-        assert store.active_model() == GEM
-        counts = {info.model_id: info.count for info in store.indexes()}
+    with Library.open(Settings()) as library:
+        assert library.catalogue.active() == GEM
+        counts = {info.model_id: info.count for info in library.catalogue.indexes()}
         assert counts == {BASE: ingested.new, GEM: ingested.new}, "the previous index is kept"
 
     back = run(dag, rollback=True, store=store_kind)
     assert back.state == "success", states(back)
     assert states(back)["plan_backfill"] == ["skipped"] and states(back)["validate"] == ["skipped"]
     assert xcom(back, "rollback") == {"previous": GEM, "active": BASE}
-    with open_store(None, Settings()) as store:
-        assert store.active_model() == BASE
+    with Library.open(Settings()) as library:
+        assert library.catalogue.active() == BASE
 
     capfd.readouterr()
     failed = run(dag, model="mobilenet_v2-gem-imagenet", tolerance=-1.0, store=store_kind)
@@ -393,5 +394,5 @@ def test_rollout_dag_switches_versions_while_search_answers_and_rolls_back(
     logged = "".join(capfd.readouterr())
     assert "quality gate failed: self-check rank-1 rate of mobilenet_v2-gem-imagenet@1" in logged
     assert f"the alias still points to {BASE}" in logged
-    with open_store(None, Settings()) as store:
-        assert store.active_model() == BASE, "a failed gate leaves the alias unchanged"
+    with Library.open(Settings()) as library:
+        assert library.catalogue.active() == BASE, "a failed gate leaves the alias unchanged"

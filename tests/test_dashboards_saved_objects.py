@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from pipeline.settings import Settings
-from pipeline.store import opensearch
-from pipeline.store.cluster import quarantine_index, quarantine_template, runs_index, runs_template
+from pipeline.store.cluster import log_templates, quarantine_index, runs_index
+from pipeline.store.opensearch import OpenSearchBackend
 
 REPO = Path(__file__).resolve().parents[1]
 NDJSON = REPO / "mappings" / "dashboards-saved-objects.ndjson"
@@ -33,10 +33,11 @@ def mappings_by_title() -> dict[str, dict[str, Any]]:
     """Index pattern title -> the flattened field types of the indices it covers."""
     settings = Settings(home=Path("/nonexistent"))
     base = settings.table
+    logs = log_templates(base, settings)
     templates = {
-        base: opensearch.asset_template(base, 1280, settings),
-        quarantine_index(base): quarantine_template(base),
-        runs_index(base): runs_template(base),
+        base: OpenSearchBackend.asset_template(settings, 1280),
+        quarantine_index(base): logs[f"{base}-quarantine"],
+        runs_index(base): logs[f"{base}-runs"],
     }
     return {
         title: _flatten(t["template"]["mappings"]["properties"]) for title, t in templates.items()

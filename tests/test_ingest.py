@@ -11,10 +11,9 @@ from support import CAT_COPIES, stem
 
 from pipeline.document import IngestSummary
 from pipeline.ingest import ingest
-from pipeline.search import image_vector, similar_to
+from pipeline.library import Library
+from pipeline.search import LabelFilter, SearchRequest, image_vector
 from pipeline.settings import Settings
-from pipeline.store import open_store
-from pipeline.store.base import LabelFilter, SearchRequest
 
 pytestmark = pytest.mark.slow
 
@@ -28,31 +27,37 @@ BROKEN = {
 @pytest.fixture(scope="module")
 def indexed(sample_manifest: Path, embedder, tmp_path_factory: pytest.TempPathFactory):
     settings = Settings(home=tmp_path_factory.mktemp("home"), batch_size=8)
-    store = open_store(embedder.model_id, settings)
+    library = Library.open(settings)
     summary = ingest(
-        sample_manifest.parent, sample_manifest, store=store, embedder=embedder, settings=settings
+        sample_manifest.parent,
+        sample_manifest,
+        library=library,
+        embedder=embedder,
+        settings=settings,
     )
-    return settings, store, summary
+    yield settings, library, summary
+    library.close()
 
 
 def test_first_run_indexes_every_sample_and_quarantines_broken_files(indexed, sample_manifest):
-    _, store, summary = indexed
+    _, library, summary = indexed
     good = len(pd.read_csv(sample_manifest)) + len(
         list((sample_manifest.parent / "formats").iterdir())
     )
-    assert summary.new == good == store.count()
+    assert summary.new == good == library.index().count()
     assert summary.updated == summary.unchanged == summary.deleted == 0
     reasons = {item.uri.rsplit("/", 1)[-1]: item.reason for item in summary.quarantined}
     assert set(reasons) == set(BROKEN)
     for name, expected in BROKEN.items():
         assert expected in reasons[name].lower()
-    assert {r.uri.rsplit("/", 1)[-1] for r in store.quarantined()} == set(BROKEN)
+    assert {r.uri.rsplit("/", 1)[-1] for r in library.quarantine.records()} == set(BROKEN)
 
 
 def test_cat_photo_finds_its_copies_above_every_other_photo(indexed, sample_manifest, embedder):
-    _, store, _ = indexed
+    _, library, _ = indexed
     query = (sample_manifest.parent / "originals" / "chelsea.jpg").read_bytes()
-    hits = store.search(SearchRequest(vector=image_vector(query, embedder), k=10)).hits
+    request = SearchRequest(vector=image_vector(query, embedder), k=10)
+    hits = library.searcher().search(request).hits
     top = [stem(h.document.uri) for h in hits[: len(CAT_COPIES)]]
     assert set(top) == CAT_COPIES, top
     assert hits[len(CAT_COPIES)].score < min(h.score for h in hits[: len(CAT_COPIES)])
@@ -61,23 +66,25 @@ def test_cat_photo_finds_its_copies_above_every_other_photo(indexed, sample_mani
 
 def test_formats_are_decoded_into_the_right_picture(indexed, sample_manifest, embedder):
     """The EXIF-rotated, CMYK and palette files find their originals first."""
-    _, store, _ = indexed
+    _, library, _ = indexed
+    searcher = library.searcher()
     for variant, original in [
         ("astronaut_exif_rotated", "astronaut"),
         ("rocket_cmyk", "rocket"),
         ("colorwheel_palette", "colorwheel"),
     ]:
-        hit = similar_to(store, _id_of(store, variant), SearchRequest(k=1)).hits[0]
+        hit = searcher.similar(_id_of(library, variant), SearchRequest(k=1)).hits[0]
         assert stem(hit.document.uri) == original, variant
 
 
-def _id_of(store, name: str) -> str:
-    hits = store.search(SearchRequest(k=1000)).hits
+def _id_of(library: Library, name: str) -> str:
+    hits = library.searcher().search(SearchRequest(k=1000)).hits
     return next(h.id for h in hits if stem(h.document.uri) == name)
 
 
 def test_label_and_text_filters_change_the_results(indexed, sample_manifest, embedder):
-    _, store, _ = indexed
+    _, library, _ = indexed
+    store = library.searcher()
     vector = image_vector(
         (sample_manifest.parent / "originals" / "coffee.jpg").read_bytes(), embedder
     )
@@ -93,16 +100,22 @@ def test_label_and_text_filters_change_the_results(indexed, sample_manifest, emb
 
 
 def test_second_run_writes_nothing(indexed, sample_manifest, embedder):
-    settings, store, first = indexed
-    version = store.table.version
+    settings, library, first = indexed
+    table = library.index().table
+    version = table.version
     again = ingest(
-        sample_manifest.parent, sample_manifest, store=store, embedder=embedder, settings=settings
+        sample_manifest.parent,
+        sample_manifest,
+        library=library,
+        embedder=embedder,
+        settings=settings,
     )
     assert (again.new, again.updated, again.deleted, again.quarantined) == (0, 0, 0, [])
     assert again.unchanged == first.new + len(first.quarantined)
-    assert store.table.version == version, "an unchanged library must not write a new version"
-    assert [r.run_id for r in store.runs()] == [first.run_id], "an idle run records nothing"
-    assert store.runs()[0].new == first.new
+    assert table.version == version, "an unchanged library must not write a new version"
+    runs = library.runs.runs()
+    assert [r.run_id for r in runs] == [first.run_id], "an idle run records nothing"
+    assert runs[0].new == first.new
 
 
 def test_changes_are_picked_up_incrementally(sample_manifest, embedder, tmp_path):
@@ -110,10 +123,10 @@ def test_changes_are_picked_up_incrementally(sample_manifest, embedder, tmp_path
     shutil.copytree(sample_manifest.parent / "copies", library / "copies")
     shutil.copytree(sample_manifest.parent / "broken", library / "broken")
     settings = Settings(home=tmp_path / "home", batch_size=4)
-    store = open_store(embedder.model_id, settings)
+    lib = Library.open(settings)
 
     def run() -> IngestSummary:
-        return ingest(library, store=store, embedder=embedder, settings=settings)
+        return ingest(library, library=lib, embedder=embedder, settings=settings)
 
     first = run()
     assert (first.new, len(first.quarantined)) == (10, 3)
@@ -122,8 +135,11 @@ def test_changes_are_picked_up_incrementally(sample_manifest, embedder, tmp_path
     shutil.copy(library / "copies" / "chelsea_crop.jpg", library / "broken" / "truncated.jpg")
     second = run()
     assert (second.new, second.updated, second.deleted, second.unchanged) == (1, 1, 1, 10)
-    assert store.count() == 10
-    hits = store.search(
-        SearchRequest(labels_all=[LabelFilter(name="Espresso", min_confidence=50)], k=20)
-    ).hits
+    assert lib.index().count() == 10
+    hits = (
+        lib.searcher()
+        .search(SearchRequest(labels_all=[LabelFilter(name="Espresso", min_confidence=50)], k=20))
+        .hits
+    )
     assert "chelsea_warm" in {stem(h.document.uri) for h in hits}
+    lib.close()

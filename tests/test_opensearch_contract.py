@@ -1,12 +1,13 @@
 """Contract tests: every request body the OpenSearch store sends, validated against the official
 OpenSearch API specification (``../shared/opensearch-api-spec``, or ``$OPENSEARCH_API_SPEC``).
 
-No OpenSearch server runs here, so this is how the store is checked to be right on a real cluster
-the first time. The specification's OpenAPI files reference each other (``$ref:
-'../schemas/_common.query_dsl.yaml#/components/schemas/KnnQuery'``); all of them are loaded into
-one ``referencing`` registry so those references resolve, and each body is validated against the
-schema of the operation it is sent to (``PUT /_index_template/{name}``, ``POST /_bulk``,
-``POST /{index}/_search``...).
+The real node (tests/test_store_contract.py) is the truth for what works; this checks the same
+bodies against what OpenSearch documents, including the corners the node never sees (a knn
+query's parameters the lucene engine ignores). The specification's OpenAPI files reference
+each other (``$ref: '../schemas/_common.query_dsl.yaml#/components/schemas/KnnQuery'``); all of
+them are loaded into one ``referencing`` registry so those references resolve, and each body
+is validated against the schema of the operation it is sent to (``PUT
+/_index_template/{name}``, ``POST /_bulk``, ``POST /{index}/_search``...).
 
 Two levels: the specification as published, and a *strict* reading of it where an object may
 only hold the properties the specification names (``unevaluatedProperties: false`` added to
@@ -33,28 +34,35 @@ from opensearchpy.helpers import expand_action
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from pipeline.document import AssetDocument, IngestSummary, Label, QuarantineRecord
+from pipeline import filters
+from pipeline.document import (
+    QUARANTINE_FIELDS,
+    RUN_FIELDS,
+    AssetDocument,
+    IngestSummary,
+    Label,
+    QuarantineRecord,
+)
+from pipeline.search import LabelFilter, SearchRequest
 from pipeline.settings import Settings
 from pipeline.store import opensearch as os_bodies
-from pipeline.store.base import LabelFilter, SearchRequest
 from pipeline.store.cluster import (
+    FIELDS,
     alias_swap_body,
-    asset_meta,
+    bm25_body,
     count_body,
+    create_body,
     delete_action,
     get_body,
-    ids_text_body,
     index_action,
-    index_body_from_template,
     label_counts_body,
-    listing_body,
-    quarantine_template,
-    run_source,
+    log_templates,
     runs_body,
-    runs_template,
-    text_search_body,
+    scan_body,
+    text_query,
     to_source,
 )
+from pipeline.store.opensearch import OpenSearchBackend
 
 REPO = Path(__file__).resolve().parents[1]
 SPEC_ROOT = Path(
@@ -365,29 +373,33 @@ def requests() -> list[SearchRequest]:
 
 
 def search_bodies() -> list[dict]:
+    """What ``Searcher`` asks of the store for every request shape: counts, kNN, BM25 (also
+    restricted to candidate ids, as hybrid fusion does), the listing, documents by id."""
     out = []
     for request in requests():
-        size = request.offset + request.k
-        out.append(count_body(request))
-        if request.vector is not None and request.text:
-            out.append(os_bodies.hybrid_search_body(request, size, 100))
-            out.append(os_bodies.ids_vector_body(request, ["id1", "id2"]))
-            out.append(ids_text_body(request, ["id1", "id2"]))
-        elif request.vector is not None:
-            out.append(os_bodies.vector_search_body(request, size, 100))
-        elif request.text:
-            out.append(text_search_body(request, size))
-        else:
-            out.append(listing_body(request, size))
+        where = request.filter()
+        size = request.offset + request.k + 1
+        out.append(count_body(where))
+        if request.vector is not None:
+            out.append(os_bodies.knn_body(request.vector, where, max(size, 100), 100))
+        if request.text:
+            out.append(bm25_body(text_query(request.text), where, max(size, 100)))
+            only = filters.And((where, filters.Term("id", ("id1", "id2")))) if where else None
+            out.append(bm25_body(text_query(request.text), only, 2))
+        if request.vector is None and not request.text:
+            out.append(scan_body(where, request.offset, request.k + 1))
+    out.append(bm25_body(text_query('a "quoted phrase" and words'), None, 10))
+    out.append(count_body(filters.Range("width", gte=100, lt=2000.5)))
     return out
 
 
 def templates() -> list[dict]:
+    logs = log_templates("assets", settings())
     return [
-        os_bodies.asset_template("assets", DIM, settings()),
-        os_bodies.asset_template("assets", DIM, settings(opensearch_engine="lucene")),
-        quarantine_template("assets"),
-        runs_template("assets"),
+        OpenSearchBackend.asset_template(settings(), DIM),
+        OpenSearchBackend.asset_template(settings(opensearch_engine="lucene"), DIM),
+        logs["assets-quarantine"],
+        logs["assets-runs"],
     ]
 
 
@@ -397,20 +409,18 @@ def templates() -> list[dict]:
 @pytest.mark.parametrize("template", templates(), ids=["assets-faiss", "assets-lucene", "q", "r"])
 def test_index_templates_and_create_bodies(spec: Spec, template: dict) -> None:
     spec.check("indices.put_index_template", template)
-    body = index_body_from_template(template)
-    body["mappings"]["_meta"] = asset_meta("test@1", DIM)
-    spec.check("indices.create", body)
+    spec.check("indices.create", create_body(template, model_id="test@1"))
 
 
 def test_every_search_body(spec: Spec) -> None:
     bodies = search_bodies()
     bodies += [
-        get_body("id1", True),
-        get_body("id1", {"excludes": ["embedding"]}),
+        get_body(["id1", "id2"], True),
+        get_body(["id1"], {"excludes": ["embedding"]}),
         label_counts_body(50.0, 100),
         {"query": {"match_all": {}}, "_source": ["id", "uri"]},  # states() scroll
     ]
-    runs = runs_body(20)
+    runs = runs_body("ingest", 20)
     if spec is load_spec(True):
         bodies.append(runs)
     else:
@@ -426,15 +436,6 @@ def test_every_search_body(spec: Spec) -> None:
             spec.check("count", body)
 
 
-def test_hybrid_search_pipelines(spec: Spec) -> None:
-    for request in requests():
-        if request.vector is not None and request.text:
-            spec.check("search_pipeline.put", os_bodies.pipeline_for(request)[1])
-    spec.check("search_pipeline.put", os_bodies.rrf_pipeline())
-    spec.check("search_pipeline.put", os_bodies.linear_pipeline())
-    assert "search_pipeline" in spec.parameters("search"), "the query parameter hybrid uses"
-
-
 def test_alias_swap(spec: Spec) -> None:
     spec.check("indices.update_aliases", alias_swap_body("assets", "assets__m_2", ["assets__m_1"]))
 
@@ -443,9 +444,9 @@ def test_bulk_action_and_source_lines(spec: Spec) -> None:
     """The exact lines ``helpers.streaming_bulk`` sends for the store's actions."""
     record = QuarantineRecord(id="q1", uri="file:///x", sha256="", fingerprint="f", reason="bad")
     actions = [
-        index_action("assets__test_1", "id1", to_source(sample_doc())),
-        index_action("assets-quarantine", "q1", record.model_dump(mode="json")),
-        index_action("assets-runs", "r1", run_source(IngestSummary(run_id="r1"))),
+        index_action("assets__test_1", "id1", to_source(sample_doc(), FIELDS)),
+        index_action("assets-quarantine", "q1", to_source(record, QUARANTINE_FIELDS)),
+        index_action("assets-runs", "r1", to_source(IngestSummary(run_id="r1"), RUN_FIELDS)),
         delete_action("assets__test_1", "id2"),
     ]
     lines = []
@@ -460,23 +461,23 @@ def test_document_sources_fit_the_strict_mappings() -> None:
     """``dynamic: strict`` rejects unknown fields on the cluster; check here that every field a
     source line carries is mapped (the specification cannot know our mapping)."""
     record = QuarantineRecord(id="q1", uri="file:///x", sha256="", fingerprint="f", reason="bad")
+    assets, quarantine, runs = templates()[0], *templates()[2:]
     pairs = [
-        (to_source(sample_doc()), os_bodies.asset_template("assets", DIM, settings())),
-        (record.model_dump(mode="json"), quarantine_template("assets")),
-        (run_source(IngestSummary()), runs_template("assets")),
+        (to_source(sample_doc(), FIELDS), assets),
+        (to_source(record, QUARANTINE_FIELDS), quarantine),
+        (to_source(IngestSummary(), RUN_FIELDS), runs),
     ]
     for source, template in pairs:
         mapped = template["template"]["mappings"]["properties"]
         assert set(source) <= set(mapped), set(source) - set(mapped)
-    labels = os_bodies.asset_template("assets", DIM, settings())["template"]["mappings"]
-    assert set(to_source(sample_doc())["labels"][0]) == set(
-        labels["properties"]["labels"]["properties"]
-    )
+    labels = assets["template"]["mappings"]["properties"]["labels"]["properties"]
+    assert set(to_source(sample_doc(), FIELDS)["labels"][0]) == set(labels)
 
 
 def test_knn_filter_sits_inside_the_knn_clause() -> None:
     request = requests()[1]
-    knn = os_bodies.vector_search_body(request, 30, 100)["query"]["knn"]["embedding"]
+    knn = os_bodies.knn_body(request.vector, request.filter(), 30, 100)["query"]["knn"]
+    knn = knn["embedding"]
     assert knn["filter"]["bool"]["filter"] and knn["k"] == 30
     assert knn["method_parameters"] == {"ef_search": 100}
     assert abs(sum(x * x for x in knn["vector"]) - 1) < 1e-9, "query vectors are normalised"
@@ -484,7 +485,7 @@ def test_knn_filter_sits_inside_the_knn_clause() -> None:
 
 def _broken(path: list[str], value: Any, remove: str | None = None) -> dict:
     """The faiss asset template with one value replaced (or one key removed) at ``path``."""
-    template = os_bodies.asset_template("assets", DIM, settings())
+    template = OpenSearchBackend.asset_template(settings(), DIM)
     node = template
     for key in path[:-1]:
         node = node[key]
@@ -496,7 +497,7 @@ def _broken(path: list[str], value: Any, remove: str | None = None) -> dict:
 
 
 def _misspelt_knn() -> dict:
-    body = os_bodies.vector_search_body(requests()[0], 10, 100)
+    body = os_bodies.knn_body([0.5] * DIM, None, 10, 100)
     body["query"]["knn"]["embedding"]["ef_serch"] = 10
     return body
 
@@ -505,11 +506,6 @@ EMBEDDING = ["template", "mappings", "properties", "embedding"]
 WRONG = [
     # (operation, body, rejected by the published specification too, or only the strict one)
     ("search", {"size": 3, "query": {"knn": {"embedding": {"k": 3}}}}, "published"),
-    (
-        "search_pipeline.put",
-        {"phase_results_processors": [{"score-ranker-processor": {}}]},
-        "published",
-    ),
     ("indices.put_index_template", _broken([*EMBEDDING, "type"], "knn_vectr"), "published"),
     ("indices.put_index_template", _broken(EMBEDDING, None, remove="dimension"), "published"),
     ("search", _misspelt_knn(), "strict"),
@@ -522,9 +518,8 @@ WRONG = [
 
 @pytest.mark.parametrize(("operation", "body", "level"), WRONG)
 def test_wrong_bodies_are_rejected(spec: Spec, operation: str, body: dict, level: str) -> None:
-    """The check can fail: a knn query without its vector, a pipeline processor without its
-    combination, an unknown field type or a vector without dimension break the published
-    schemas; misspelt keys break the strict reading."""
+    """The check can fail: a knn query without its vector, an unknown field type or a vector
+    without dimension break the published schemas; misspelt keys break the strict reading."""
     rejected = bool(spec.errors(spec.request_schema(operation), body))
     strict = spec is load_spec(True)
     assert rejected == (strict or level == "published")

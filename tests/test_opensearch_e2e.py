@@ -19,7 +19,7 @@ import pytest
 from support import CAT_COPIES, stem
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from lookalike_cli import app
 from pipeline.settings import get_settings
 
 pytestmark = pytest.mark.slow

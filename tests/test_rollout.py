@@ -14,11 +14,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+from lookalike_cli import app
 from pipeline.backbones import REGISTRY, get_spec
 from pipeline.embed import Embedder, get_embedder, model_path
 from pipeline.ingest import ingest, plan_batches
+from pipeline.library import Library
 from pipeline.rollout import (
-    SWITCH_PREFIX,
     QualityGateError,
     RolloutError,
     backfill_batch,
@@ -28,8 +29,8 @@ from pipeline.rollout import (
     rollout,
     validate,
 )
+from pipeline.search import SearchRequest
 from pipeline.settings import Settings, get_settings
-from pipeline.store import open_store
 
 pytestmark = pytest.mark.slow
 
@@ -108,42 +109,43 @@ def test_rollout_fills_a_new_index_checks_it_and_switches(indexed) -> None:
     gate = done.validation.gate
     assert gate.passed and gate.method == "self-check" and gate.queries == 32
     assert gate.candidate >= gate.required >= settings.rollout_min_match_rate
-    with open_store(None, settings) as store:
-        assert store.model_id == GEM and store.active_model() == GEM
-        assert {i.model_id: i.count for i in store.indexes()} == {
+    with Library.open(settings) as library:
+        index = library.index()
+        assert index.model_id == GEM and library.catalogue.active() == GEM
+        assert {i.model_id: i.count for i in library.catalogue.indexes()} == {
             BASE: summary.new,
             GEM: summary.new,
         }
-        doc = store.get(next(iter(store.states())))
+        first = next(iter(index.states()))
+        doc = index.get([first])[first]
         assert (doc.model, doc.model_version) == ("mobilenet_v2-gem-imagenet", "1")
         assert doc.labels, "labelled by the new version"
-        switch = store.runs()[0]
-        assert (switch.source, switch.model, switch.new) == (
-            SWITCH_PREFIX + BASE,
+        switch = library.runs.switches()[0]
+        assert (switch.previous, switch.model, switch.trigger, switch.embedded) == (
+            BASE,
             GEM,
+            "rollout",
             done.embedded,
         )
-        assert store.search(_text("espresso")).hits, "the new index serves text search too"
+        text = SearchRequest(text="espresso", k=3)
+        assert library.searcher().search(text).hits, "the new index serves text search too"
+
+
+def active(settings: Settings) -> str | None:
+    with Library.open(settings) as library:
+        return library.catalogue.active()
 
 
 def make_active(settings: Settings, model_id: str) -> None:
-    with open_store(None, settings) as store:
-        if store.active_model() != model_id:
-            rollback(settings, to=model_id)
-
-
-def _text(query: str):
-    from pipeline.store.base import SearchRequest
-
-    return SearchRequest(text=query, k=3)
+    if active(settings) != model_id:
+        rollback(settings, to=model_id)
 
 
 def test_rollback_returns_to_the_previous_version_and_back(indexed) -> None:
     settings, _, _ = indexed
     make_active(settings, GEM)
     assert rollback(settings).model_dump() == {"previous": GEM, "active": BASE}
-    with open_store(None, settings) as store:
-        assert store.active_model() == BASE
+    assert active(settings) == BASE
     assert rollback(settings).model_dump() == {"previous": BASE, "active": GEM}
     with pytest.raises(RolloutError, match="already the active"):
         rollback(settings, to=GEM)
@@ -162,8 +164,7 @@ def test_a_failed_gate_leaves_the_alias_and_a_new_attempt_resumes(indexed) -> No
     message = str(failure.value)
     assert message.startswith(f"quality gate failed: self-check rank-1 rate of {GEM} is ")
     assert f"the alias still points to {BASE}" in message
-    with open_store(None, settings) as store:
-        assert store.active_model() == BASE
+    assert active(settings) == BASE
     with pytest.raises(RolloutError, match="already the active"):
         plan_backfill("mobilenet_v2-imagenet", settings)
     with pytest.raises(RolloutError, match="registry has mobilenet_v2-gem-imagenet@1, not"):
@@ -207,8 +208,7 @@ def test_files_that_cannot_be_read_again_stop_the_rollout(
     assert missing.uri.endswith("coffee_flip.jpg") and missing.reason == "file not found"
     with pytest.raises(RolloutError, match=r"could not be read again .*coffee_flip.jpg"):
         validate(plan, results, settings)
-    with open_store(None, settings) as store:
-        assert store.active_model() == BASE
+    assert active(settings) == BASE
     with pytest.raises(RolloutError, match="no recorded switch to mobilenet_v2-imagenet@1"):
         rollback(settings)
 
@@ -216,8 +216,6 @@ def test_files_that_cannot_be_read_again_stop_the_rollout(
 def test_cli_rollout_and_rollback(
     sample_manifest: Path, embedder: Embedder, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline.cli import app
-
     runner = CliRunner()
     # A table of its own in the session's home: the model cache stays where it is.
     monkeypatch.setenv("LOOKALIKE_TABLE", "cli_rollout")

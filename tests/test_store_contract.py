@@ -19,18 +19,22 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
+from pipeline import filters
 from pipeline.document import AssetDocument, Label
+from pipeline.ingest import ingest
+from pipeline.library import Library
+from pipeline.search import LabelFilter, Searcher, SearchRequest
 from pipeline.settings import Settings
-from pipeline.store import open_store
-from pipeline.store.base import LabelFilter, SearchRequest, Store
+from pipeline.store.base import BulkWriteError, DocumentIndex
 from pipeline.store.cluster import plain_body
-from pipeline.store.embedded import EmbeddedStore, asset_schema
+from pipeline.store.embedded import FIELDS, arrow_schema
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ["embedded", "opensearch", "elasticsearch"]
@@ -47,21 +51,18 @@ def store_settings(kind: str, home: Path, request: pytest.FixtureRequest, **kw: 
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory, sample_manifest: Path, embedder) -> Iterator[EmbeddedStore]:
+def reference(tmp_path_factory, sample_manifest: Path, embedder) -> Iterator[Library]:
     """The sample library in an embedded store of its own: the answers to compare with."""
-    from pipeline.ingest import ingest
-
-    store = EmbeddedStore(Settings(home=tmp_path_factory.mktemp("reference")), embedder.model_id)
-    ingest(sample_manifest.parent, sample_manifest, store=store, embedder=embedder)
-    yield store
-    store.close()
+    with Library.open(Settings(home=tmp_path_factory.mktemp("reference"))) as library:
+        ingest(sample_manifest.parent, sample_manifest, library=library, embedder=embedder)
+        yield library
 
 
 @pytest.fixture(scope="module")
-def documents(reference: EmbeddedStore) -> dict[str, AssetDocument]:
+def documents(reference: Library) -> dict[str, AssetDocument]:
     """Every indexed document with its embedding, by id."""
-    ids = [i for i, state in reference.states().items() if not state.quarantined]
-    return {i: reference.get(i, with_embedding=True) for i in ids}
+    index = reference.index()
+    return index.get(list(index.states()), with_embedding=True)
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -69,24 +70,34 @@ def kind(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
+@dataclass
+class Store:
+    """The store under test: its library, the index of the sample library, a searcher."""
+
+    library: Library
+    index: DocumentIndex
+    summary: Any
+
+    def search(self, request: SearchRequest) -> Any:
+        return Searcher(self.index, self.library.settings).search(request)
+
+
 @pytest.fixture(scope="module")
 def library(
     kind: str, request, tmp_path_factory, sample_manifest: Path, embedder
-) -> Iterator[tuple[Store, Any]]:
-    """The store under test, filled with the sample library by ``ingest``; and the summary."""
-    from pipeline.ingest import ingest
-
+) -> Iterator[Store]:
+    """The store under test, filled with the sample library by ``ingest``."""
     settings = store_settings(kind, tmp_path_factory.mktemp(f"contract-{kind}"), request)
-    with open_store(embedder.model_id, settings) as store:
-        _drop_cluster_indices(store)
-        summary = ingest(sample_manifest.parent, sample_manifest, store=store, embedder=embedder)
-        yield store, summary
-        _drop_cluster_indices(store)
+    with Library.open(settings) as lib:
+        _drop_cluster_indices(lib)
+        summary = ingest(sample_manifest.parent, sample_manifest, library=lib, embedder=embedder)
+        yield Store(lib, lib.index(embedder.model_id), summary)
+        _drop_cluster_indices(lib)
 
 
-def _drop_cluster_indices(store: Store) -> None:
+def _drop_cluster_indices(library: Library) -> None:
     """A shared node may hold this module's indices from an earlier session: start clean."""
-    client = getattr(store, "client", None)
+    client = getattr(library.backend, "client", None)
     if client is not None:
         names = sorted(plain_body(client.indices.get(index=f"{TABLE}*")))
         if names:  # Elasticsearch refuses wildcard deletes (action.destructive_requires_name)
@@ -129,25 +140,28 @@ def assert_same_ranking(got: list[tuple[str, float]], expected: list[tuple[str, 
 # -- index, writes, reads ---------------------------------------------------------------------
 
 
-def test_the_index_is_created_from_the_mappings_folder(library, kind: str, embedder) -> None:
-    store, _ = library
+def test_the_index_is_created_from_the_mappings_folder(library: Store, kind: str, embedder) -> None:
+    """The files in mappings/ are what the stores create (generated from the field table)."""
     if kind == "embedded":
-        assert store.table.schema.remove_metadata() == asset_schema(embedder.spec.dim)
+        schema = library.index.table.schema.remove_metadata()
+        assert schema == arrow_schema(FIELDS, embedder.spec.dim)
         return
     template = json.loads((REPO / "mappings" / f"{kind}-template-assets.json").read_text())
     expected = template["template"]["mappings"]
-    mapping = store._mapping(store.index)
+    client = library.library.backend.client
+    found = plain_body(client.indices.get_mapping(index=library.index.name))
+    mapping = next(iter(found.values()))["mappings"]
     assert mapping["dynamic"] == expected["dynamic"] == "strict"
-    analyzer = store.settings.text_analyzer
-    for name, field in expected["properties"].items():
+    analyzer = library.library.settings.text_analyzer
+    for name, spec in expected["properties"].items():
         got = mapping["properties"][name]
         if name == "embedding":
-            assert {k: got[k] for k in field if k != "method"} == {
-                k: v for k, v in field.items() if k != "method"
+            assert {k: got[k] for k in spec if k != "method"} == {
+                k: v for k, v in spec.items() if k != "method"
             }
             continue
-        field = json.loads(json.dumps(field).replace('"cjk"', json.dumps(analyzer)))
-        assert _subset(field, got), f"{name}: {got} does not hold {field}"
+        spec = json.loads(json.dumps(spec).replace('"cjk"', json.dumps(analyzer)))
+        assert _subset(spec, got), f"{name}: {got} does not hold {spec}"
 
 
 def _subset(expected: Any, got: Any) -> bool:
@@ -158,52 +172,56 @@ def _subset(expected: Any, got: Any) -> bool:
 
 
 def test_ingest_indexes_every_image_once_and_quarantines_the_broken(
-    library, documents, reference: EmbeddedStore
+    library: Store, documents
 ) -> None:
-    store, summary = library
-    assert summary.new == len(documents) == store.count() > 30
-    assert {r.uri.rsplit("/", 1)[-1] for r in store.quarantined()} == {
+    summary, index, lib = library.summary, library.index, library.library
+    assert summary.new == len(documents) == index.count() > 30
+    records = lib.quarantine.records()
+    assert {r.uri.rsplit("/", 1)[-1] for r in records} == {
         "empty.jpg",
         "not_an_image.png",
         "truncated.jpg",
     }
-    assert all(r.reason for r in store.quarantined())
-    assert {i for i, s in store.states().items() if not s.quarantined} == set(documents)
-    assert store.active_model() == store.model_id, "the first index becomes the active one"
+    assert all(r.reason for r in records)
+    assert set(index.states()) == set(documents)
+    assert lib.catalogue.active() == index.model_id, "the first index becomes the active one"
+    [first] = lib.runs.switches()
+    assert (first.model, first.previous, first.trigger) == (index.model_id, None, "first ingest")
 
 
-def test_a_second_ingest_writes_nothing(library, sample_manifest: Path, embedder) -> None:
-    from pipeline.ingest import ingest
-
-    store, _ = library
-    again = ingest(sample_manifest.parent, sample_manifest, store=store, embedder=embedder)
+def test_a_second_ingest_writes_nothing(library: Store, sample_manifest: Path, embedder) -> None:
+    lib = library.library
+    again = ingest(sample_manifest.parent, sample_manifest, library=lib, embedder=embedder)
     assert (again.new, again.updated, again.deleted, again.quarantined) == (0, 0, 0, [])
-    assert again.unchanged == store.count() + len(store.quarantined())
+    assert again.unchanged == library.index.count() + len(lib.quarantine.records())
 
 
-def test_get_returns_the_whole_document(library, documents) -> None:
-    store, _ = library
-    for doc_id, expected in list(documents.items())[:5]:
-        got = store.get(doc_id, with_embedding=True)
-        assert got is not None and got.embedding is not None
+def test_get_returns_the_whole_document(library: Store, documents) -> None:
+    some = list(documents)[:5]
+    found = library.index.get([*some, "no-such-id"], with_embedding=True)
+    assert set(found) == set(some)
+    for doc_id in some:
+        got, expected = found[doc_id], documents[doc_id]
+        assert got.embedding is not None
         assert np.allclose(got.embedding, expected.embedding, atol=1e-6)
         fields = {"embedding", "ingested_at"}
         assert got.model_dump(exclude=fields) == expected.model_dump(exclude=fields)
-        assert store.get(doc_id, with_embedding=False).embedding is None
-    assert store.get("no-such-id") is None
+    assert all(d.embedding is None for d in library.index.get(some).values())
 
 
-def test_delete_then_ingest_restores(library, documents, sample_manifest: Path, embedder) -> None:
-    from pipeline.ingest import ingest
-
-    store, _ = library
+def test_delete_then_ingest_restores(
+    library: Store, documents, sample_manifest: Path, embedder
+) -> None:
+    index = library.index
     doomed = by_title(documents, "Clock")
-    assert store.delete([doomed.id]) == 1
-    assert store.get(doomed.id) is None and store.count() == len(documents) - 1
+    assert index.delete([doomed.id, "no-such-id"]) == 2
+    assert index.get([doomed.id]) == {} and index.count() == len(documents) - 1
     vector = by_title(documents, "Coins").embedding
-    assert doomed.id not in [i for i, _ in hits(store, vector=vector, k=len(documents))]
-    repaired = ingest(sample_manifest.parent, sample_manifest, store=store, embedder=embedder)
-    assert repaired.new == 1 and store.get(doomed.id) is not None
+    assert doomed.id not in [i for i, _ in hits(library, vector=vector, k=len(documents))]
+    repaired = ingest(
+        sample_manifest.parent, sample_manifest, library=library.library, embedder=embedder
+    )
+    assert repaired.new == 1 and doomed.id in index.get([doomed.id])
 
 
 # -- search ------------------------------------------------------------------------------------
@@ -211,7 +229,7 @@ def test_delete_then_ingest_restores(library, documents, sample_manifest: Path, 
 
 @pytest.mark.parametrize("title", ["Chelsea the cat", "Cup of coffee", "Hubble deep field"])
 def test_vector_search_equals_brute_force(library, documents, title: str) -> None:
-    store, _ = library
+    store = library
     vector = by_title(documents, title).embedding
     expected = brute_force(documents, vector)[:10]
     assert_same_ranking(hits(store, vector=vector, k=10), expected)
@@ -219,7 +237,7 @@ def test_vector_search_equals_brute_force(library, documents, title: str) -> Non
 
 
 def test_paging_splits_one_ranking(library, documents) -> None:
-    store, _ = library
+    store = library
     vector = by_title(documents, "Chelsea the cat").embedding
     whole = hits(store, vector=vector, k=12)
     pages = [hits(store, vector=vector, k=4, offset=o) for o in (0, 4, 8)]
@@ -230,7 +248,7 @@ def test_paging_splits_one_ranking(library, documents) -> None:
 
 
 def test_min_score_cuts_the_ranking(library, documents) -> None:
-    store, _ = library
+    store = library
     vector = by_title(documents, "Cup of coffee").embedding
     expected = [(i, s) for i, s in brute_force(documents, vector) if s >= 0.6][:20]
     got = hits(store, vector=vector, k=20, min_score=0.6)
@@ -250,12 +268,21 @@ FILTERS: list[dict[str, Any]] = [
 
 @pytest.mark.parametrize("filters", FILTERS, ids=lambda f: json.dumps(f, default=str)[:60])
 def test_filters_match_the_documents(library, documents, filters: dict[str, Any]) -> None:
-    store, _ = library
+    store = library
     request = SearchRequest(**filters)
 
+    def has(doc: AssetDocument, f: LabelFilter) -> bool:
+        name = f.name.casefold()
+        return any(
+            lab.name.casefold() == name and lab.confidence >= f.min_confidence for lab in doc.labels
+        )
+
     def keep(doc: AssetDocument) -> bool:
-        return request.label_filters_match(doc.labels) and all(
-            doc.metadata.get(key) in values for key, values in request.metadata.items()
+        return (
+            all(has(doc, f) for f in request.labels_all)
+            and (not request.labels_any or any(has(doc, f) for f in request.labels_any))
+            and not any(has(doc, f) for f in request.labels_none)
+            and all(doc.metadata.get(key) in values for key, values in request.metadata.items())
         )
 
     vector = by_title(documents, "Chelsea the cat").embedding
@@ -269,7 +296,7 @@ def test_filters_match_the_documents(library, documents, filters: dict[str, Any]
 
 
 def test_excluded_ids_never_come_back(library, documents) -> None:
-    store, _ = library
+    store = library
     cat = by_title(documents, "Chelsea the cat")
     got = hits(store, vector=cat.embedding, k=5, exclude_ids=[cat.id])
     others = [pair for pair in brute_force(documents, cat.embedding) if pair[0] != cat.id]
@@ -277,7 +304,7 @@ def test_excluded_ids_never_come_back(library, documents) -> None:
 
 
 def test_text_search_finds_the_described_photo(library, documents) -> None:
-    store, _ = library
+    store = library
     for text, title in (("galaxies", "Hubble deep field"), ("espresso", "Cup of coffee")):
         response = store.search(SearchRequest(text=text, k=3))
         top = response.hits[0]
@@ -286,43 +313,85 @@ def test_text_search_finds_the_described_photo(library, documents) -> None:
     assert store.search(SearchRequest(text="zebra", k=3)).hits == []
 
 
-def test_hybrid_fusion_equals_the_embedded_store(library, documents, reference) -> None:
+def test_hybrid_fusion_equals_the_embedded_store(library, documents, reference: Library) -> None:
     """Vector: the cat; text: "galaxies", which only the Hubble photo's description holds."""
-    store, _ = library
+    store = library
     vector = by_title(documents, "Chelsea the cat").embedding
     hubble = by_title(documents, "Hubble deep field").id
     for fusion, rrf_k in (("rrf", 60), ("rrf", 10), ("linear", 60)):
         request = SearchRequest(vector=vector, text="galaxies", hybrid=fusion, rrf_k=rrf_k, k=10)
-        got, expected = store.search(request).hits, reference.search(request).hits
+        got = store.search(request).hits
+        expected = reference.searcher().search(request).hits
         assert_same_ranking([(h.id, h.score) for h in got], [(h.id, h.score) for h in expected])
         assert hubble in [h.id for h in got[:2]], fusion
         assert next(h for h in got if h.id == hubble).text_score > 0
 
 
-def test_hybrid_without_the_plugin_is_fused_by_lookalike(opensearch_node, tmp_path: Path) -> None:
-    """The node from Maven Central has no neural-search plugin: the store must notice (from
-    ``_cat/plugins``) and fuse on the client (the fusion test above checks the results), never
-    send a ``hybrid`` query that the node cannot run."""
-    settings = opensearch_node.settings(tmp_path, table=f"{TABLE}-plugins")
-    with open_store("synthetic@1", settings) as store:
-        plugins = {p["component"] for p in store.client.cat.plugins(format="json")}
-        assert "opensearch-knn" in plugins
-        assert store.has_hybrid_query() is ("opensearch-neural-search" in plugins)
-        applied = store.apply(16)
-        if not store.has_hybrid_query():
-            assert any("no search pipelines" in line for line in applied)
-            assert not any(line.startswith("search pipeline") for line in applied)
-        _drop_cluster_indices(store)
+def test_hybrid_pages_are_one_list_and_linear_scores_follow_the_formula(
+    library: Store, documents
+) -> None:
+    """Fusion over the same candidates whatever the page: the top at k=1 is the top of k=20,
+    pages of 5 are that list cut in four; every fused hit has its cosine."""
+    vector = by_title(documents, "Astronaut portrait").embedding
+    for fusion in ("rrf", "linear"):
+        request = {"vector": vector, "text": "space", "hybrid": fusion, "vector_weight": 0.4}
+        whole = library.search(SearchRequest(**request, k=20)).hits
+        assert [h.id for h in library.search(SearchRequest(**request, k=1)).hits] == [whole[0].id]
+        pages = [
+            library.search(SearchRequest(**request, k=5, offset=o)).hits for o in range(0, 20, 5)
+        ]
+        assert [h.id for page in pages for h in page] == [h.id for h in whole], fusion
+        assert all(h.vector_score is not None for h in whole)
+    best = library.search(SearchRequest(text="space", k=1)).hits[0].text_score
+    for hit in whole:  # the last request: linear, weight 0.4
+        expected = 0.4 * hit.vector_score + 0.6 * (hit.text_score or 0.0) / best
+        assert hit.score == pytest.approx(expected, abs=1e-9)
 
 
-def test_label_counts_match(library, reference) -> None:
-    store, _ = library
-    assert store.label_counts(min_confidence=50) == reference.label_counts(min_confidence=50)
+def test_phrases_and_any_text(library: Store, documents) -> None:
+    coffee = by_title(documents, "Cup of coffee").id
+    assert [h.id for h in library.search(SearchRequest(text='"espresso"', k=3)).hits] == [coffee]
+    rocket = by_title(documents, "Rocket launch pad").id
+    found = library.search(SearchRequest(text='"a rocket standing"', k=3)).hits
+    assert [h.id for h in found] == [rocket]
+    assert library.search(SearchRequest(text='"standing rocket"', k=3)).hits == []
+    for text in ('"espresso', "cup AND coffee", "(", "*", "NOT", "+-:~^", "col:val"):
+        library.search(SearchRequest(text=text, k=3))  # never a syntax error
 
 
-def test_the_run_log_keeps_every_run(library) -> None:
-    store, summary = library
-    runs = store.runs()
+def test_range_filters(library: Store, documents) -> None:
+    wide = filters.Range("width", gte=500)
+    expected = {i for i, d in documents.items() if d.width >= 500}
+    assert 0 < len(expected) < len(documents)
+    assert library.index.count(wide) == len(expected)
+    assert set(library.index.scan(wide, 0, 100)) == expected
+    narrow = filters.And((wide, filters.Range("height", lt=400)))
+    expected = {i for i, d in documents.items() if d.width >= 500 and d.height < 400}
+    assert set(library.index.scan(narrow, 0, 100)) == expected
+
+
+def test_a_document_the_index_refuses_is_reported_per_item(library: Store, tmp_path) -> None:
+    """A wrong vector dimension: the index refuses that document, writes the others, and
+    says which one and why."""
+    _, docs = synthetic(4, 16, seed=3)
+    wrong = synthetic(1, 15, seed=4)[1][0].model_copy(update={"id": "wrong"})
+    index = library.library.index("refusal@1")
+    index.ensure(16)
+    with pytest.raises(BulkWriteError) as caught:
+        index.upsert([*docs[:2], wrong, *docs[2:]])
+    assert caught.value.written == 4 and not caught.value.transient
+    assert set(caught.value.rejected) == {"wrong"}
+    assert index.count() == 4 and index.get(["wrong"]) == {}
+
+
+def test_label_counts_match(library: Store, reference: Library) -> None:
+    expected = reference.index().label_counts(min_confidence=50, limit=100)
+    assert library.index.label_counts(min_confidence=50, limit=100) == expected
+
+
+def test_the_run_log_keeps_every_run(library: Store) -> None:
+    summary = library.summary
+    runs = library.library.runs.runs()
     first = next(r for r in runs if r.run_id == summary.run_id)
     assert first.new == summary.new and len(first.quarantined) == 3
     assert runs == sorted(runs, key=lambda r: r.started_at, reverse=True)
@@ -355,28 +424,31 @@ def synthetic(n: int, dim: int, seed: int = 5) -> tuple[np.ndarray, list[AssetDo
     return vectors, docs
 
 
-def test_one_percent_filter_returns_k_exact_hits_then_the_alias_moves_and_back(library) -> None:
-    store, _ = library
+def test_one_percent_filter_returns_k_exact_hits_then_the_alias_moves_and_back(
+    library: Store,
+) -> None:
+    lib = library.library
     n, dim = 3000, 16
     vectors, docs = synthetic(n, dim)
-    with open_store("synthetic@1", store.settings) as other:
-        for start in range(0, n, 500):
-            assert other.upsert(docs[start : start + 500]) == 500
-        query = np.random.default_rng(9).normal(size=dim)
-        response = other.search(
-            SearchRequest(vector=query.tolist(), k=10, labels_all=[LabelFilter(name="Rare")])
-        )
-        rare = np.arange(0, n, 100)
-        ranked = rare[np.argsort(-(vectors[rare] @ (query / np.linalg.norm(query))))]
-        assert response.total_candidates == 30 and len(response.hits) == 10
-        assert [h.id for h in response.hits] == [f"s{i:05d}" for i in ranked[:10]]
-        infos = {i.model_id: i for i in other.indexes()}
-        assert infos["synthetic@1"].count == n and not infos["synthetic@1"].active
-        assert infos[store.model_id].active
-        # The switch: one atomic move, then the rollback, another.
-        assert other.activate() == store.model_id
-        assert store.active_model() == "synthetic@1"
-        with open_store(None, store.settings) as follower:
-            assert follower.model_id == "synthetic@1", "open_store follows the alias"
-        assert store.activate() == "synthetic@1"
-        assert other.active_model() == store.model_id
+    other = lib.index("synthetic@1")
+    for start in range(0, n, 500):
+        assert other.upsert(docs[start : start + 500]) == 500
+    query = np.random.default_rng(9).normal(size=dim)
+    response = Searcher(other).search(
+        SearchRequest(vector=query.tolist(), k=10, labels_all=[LabelFilter(name="Rare")])
+    )
+    rare = np.arange(0, n, 100)
+    ranked = rare[np.argsort(-(vectors[rare] @ (query / np.linalg.norm(query))))]
+    assert response.total_candidates == 30 and len(response.hits) == 10
+    assert [h.id for h in response.hits] == [f"s{i:05d}" for i in ranked[:10]]
+    infos = {i.model_id: i for i in lib.catalogue.indexes()}
+    assert infos["synthetic@1"].count == n and not infos["synthetic@1"].active
+    assert infos[library.index.model_id].active
+    # The switch: one atomic move, then the rollback, another.
+    assert lib.catalogue.switch("synthetic@1") == library.index.model_id
+    assert lib.catalogue.active() == "synthetic@1"
+    assert lib.index().model_id == "synthetic@1", "the library follows the alias"
+    assert lib.catalogue.switch(library.index.model_id) == "synthetic@1"
+    assert lib.catalogue.active() == library.index.model_id
+    with pytest.raises(ValueError, match="no index for"):
+        lib.catalogue.switch("never-ingested@1")

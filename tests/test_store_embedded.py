@@ -1,17 +1,24 @@
-"""The embedded LanceDB store, on synthetic vectors (no model needed): upserts, deletes,
-incremental state, filters, text and hybrid search, and k hits under selective filters."""
+"""What is the embedded LanceDB store's alone, on synthetic vectors (no model needed): exact
+label thresholds through the bucket keys, the ANN index and the exact fallback under selective
+filters, the search structures ``optimize`` builds (and rebuilds after an interrupted run),
+writes that change nothing leaving the table version alone, and the upgrade of tables written
+by Lookalike 0.1. What every store must do is in test_store_contract.py."""
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
 from pathlib import Path
 
+import lancedb
 import numpy as np
+import pyarrow as pa
 import pytest
 
-from pipeline.document import AssetDocument, Label, QuarantineRecord
+from pipeline.document import AssetDocument, Label
+from pipeline.library import Library
+from pipeline.search import LabelFilter, Searcher, SearchRequest
 from pipeline.settings import Settings
-from pipeline.store.base import LabelFilter, SearchRequest
-from pipeline.store.embedded import EmbeddedStore
 
 DIM = 16
 
@@ -40,112 +47,37 @@ def make_doc(i: int, vector: np.ndarray, labels: list[Label] | None = None, **kw
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> EmbeddedStore:
-    return EmbeddedStore(Settings(home=tmp_path), "test@1")
+def library(tmp_path: Path):
+    with Library.open(Settings(home=tmp_path)) as library:
+        yield library
 
 
-def test_upsert_is_idempotent_and_get_roundtrips(store: EmbeddedStore) -> None:
-    vecs = unit(np.random.default_rng(0).random((5, DIM)))
-    cat = Label(name="Tabby Cat", confidence=81.5, parents=["Cat", "Animal"])
-    docs = [
-        make_doc(i, v, [cat], title=f"t{i}", keywords=["a", "b"], metadata={"k": "v"})
-        for i, v in enumerate(vecs)
-    ]
-    assert store.upsert(docs) == 5
-    store.upsert(docs)
-    assert store.count() == 5
-    got = store.get("id00003")
-    assert got is not None and got.labels == [cat] and got.metadata == {"k": "v"}
-    assert got.keywords == ["a", "b"] and np.allclose(got.embedding, vecs[3], atol=1e-6)
-    assert store.get("nope") is None
-
-
-def test_delete_states_and_quarantine(store: EmbeddedStore) -> None:
-    vecs = unit(np.random.default_rng(1).random((3, DIM)))
-    store.upsert([make_doc(i, v) for i, v in enumerate(vecs)])
-    store.quarantine(
-        [
-            QuarantineRecord(
-                id="id00001",
-                uri="file:///lib/1.jpg",
-                sha256="x",
-                fingerprint="fpq",
-                reason="truncated",
-            )
-        ]
-    )
-    states = store.states()
-    assert store.count() == 2, "quarantining an id drops its stale document"
-    assert states["id00001"].quarantined and not states["id00000"].quarantined
-    assert [r.reason for r in store.quarantined()] == ["truncated"]
-    store.upsert([make_doc(1, vecs[1])])
-    assert store.quarantined() == [], "a fixed file leaves quarantine"
-    store.delete(["id00000", "id00001"])
-    assert set(store.states()) == {"id00002"}
-
-
-def test_vector_search_ranks_by_cosine(store: EmbeddedStore) -> None:
-    vecs = unit(np.random.default_rng(2).random((50, DIM)))
-    store.upsert([make_doc(i, v) for i, v in enumerate(vecs)])
-    q = vecs[7]
-    hits = store.search(SearchRequest(vector=q.tolist(), k=5)).hits
-    expected = np.argsort(-(vecs @ q))[:5]
-    assert [h.id for h in hits] == [f"id{i:05d}" for i in expected]
-    assert hits[0].score == pytest.approx(1.0, abs=1e-5) and hits[0].vector_score == hits[0].score
-    page2 = store.search(SearchRequest(vector=q.tolist(), k=2, offset=2)).hits
-    assert [h.id for h in page2] == [h.id for h in hits[2:4]]
-
-
-def test_label_filters_are_exact_for_fractional_thresholds(store: EmbeddedStore) -> None:
+def test_label_thresholds_with_decimals_are_exact_in_counts_too(library: Library) -> None:
+    index = library.index("test@1")
     vecs = unit(np.random.default_rng(3).random((6, DIM)))
     confs = [79.9, 80.0, 80.4, 80.6, 95.0, 10.0]
-    store.upsert(
+    index.upsert(
         [
             make_doc(i, v, [Label(name="Cat", confidence=c)])
             for i, (v, c) in enumerate(zip(vecs, confs, strict=True))
         ]
     )
+    searcher = Searcher(index)
     q = vecs[0].tolist()
 
     def ids(**filters) -> set[int]:
-        hits = store.search(SearchRequest(vector=q, k=10, **filters)).hits
-        return {int(h.id[2:]) for h in hits}
+        response = searcher.search(SearchRequest(vector=q, k=10, **filters))
+        assert response.total_candidates == len(response.hits), "counted exactly"
+        return {int(h.id[2:]) for h in response.hits}
 
     assert ids(labels_all=[LabelFilter(name="cat", min_confidence=80)]) == {1, 2, 3, 4}
     assert ids(labels_all=[LabelFilter(name="Cat", min_confidence=80.5)]) == {3, 4}
     assert ids(labels_none=[LabelFilter(name="Cat", min_confidence=80.5)]) == {0, 1, 2, 5}
+    assert ids(labels_all=[LabelFilter(name="Cat", min_confidence=80.45)]) == {3, 4}
     assert ids(
         labels_any=[LabelFilter(name="Dog"), LabelFilter(name="Cat", min_confidence=95)]
     ) == {4}
-    assert store.label_counts(min_confidence=80) == {"Cat": 4}
-    assert store.label_counts(min_confidence=0) == {"Cat": 6}
-    hit = store.search(SearchRequest(vector=q, labels_all=[LabelFilter(name="cat")])).hits[0]
-    assert [lab.name for lab in hit.matched_labels] == ["Cat"]
-
-
-def test_metadata_text_and_hybrid(store: EmbeddedStore) -> None:
-    vecs = unit(np.random.default_rng(4).random((4, DIM)))
-    titles = ["A cat on a red sofa", "Sofa catalogue", "Dog in the park", "Mountain lake"]
-    store.upsert(
-        [
-            make_doc(i, v, title=t, metadata={"photographer": "ann" if i % 2 else "bo"})
-            for i, (v, t) in enumerate(zip(vecs, titles, strict=True))
-        ]
-    )
-    store.optimize()  # builds the full-text index
-    text_hits = store.search(SearchRequest(text="sofa", k=10)).hits
-    assert {h.id for h in text_hits} == {"id00000", "id00001"}
-    assert all(h.text_score and h.vector_score is None for h in text_hits)
-    meta_hits = store.search(
-        SearchRequest(vector=vecs[0].tolist(), metadata={"photographer": ["ann"]})
-    ).hits
-    assert {h.id for h in meta_hits} == {"id00001", "id00003"}
-    for mode in ("rrf", "linear"):
-        hybrid = store.search(SearchRequest(vector=vecs[3].tolist(), text="sofa", hybrid=mode)).hits
-        both = next(h for h in hybrid if h.id == "id00000")
-        assert both.vector_score is not None and both.text_score is not None
-        assert hybrid[0].id in {"id00000", "id00001", "id00003"}
-        assert len(hybrid) == 4, "hybrid unions both legs"
+    assert index.label_counts(min_confidence=80, limit=10) == {"Cat": 4}
 
 
 def test_selective_filter_returns_k_hits_with_ann_index(tmp_path: Path) -> None:
@@ -160,40 +92,132 @@ def test_selective_filter_returns_k_hits_with_ann_index(tmp_path: Path) -> None:
     ]
     for exact_max in (50_000, 0):
         settings = Settings(
-            home=tmp_path,
-            ann_min_rows=1000,
-            exact_search_max_rows=exact_max,
-            nprobes=1,
-            refine_factor=1,
+            home=tmp_path, ann_min_rows=1000, exact_search_max_rows=exact_max, nprobes=1
         )
-        store = EmbeddedStore(settings, "t@1")
-        for start in range(0, 3000, 1000):
-            store.upsert(docs[start : start + 1000])
-        store.optimize()
-        assert any(i.columns == ["vector"] for i in store.table.list_indices())
-        q = unit(rng.normal(size=DIM))
-        response = store.search(
-            SearchRequest(vector=q.tolist(), k=10, labels_all=[LabelFilter(name="Rare")])
-        )
-        assert response.total_candidates == 30
-        assert len(response.hits) == 10
-        rare = np.arange(0, 3000, 100)
-        expected = rare[np.argsort(-(vecs[rare] @ q))[:10]]
-        got = [int(h.id[2:]) for h in response.hits]
-        if exact_max:
-            assert got == expected.tolist()
-        else:
-            assert len(set(got) & set(expected.tolist())) >= 8
+        with Library.open(settings) as library:
+            index = library.index("t@1")
+            for start in range(0, 3000, 1000):
+                index.upsert(docs[start : start + 1000])
+            index.optimize()
+            assert any(i.columns == ["embedding"] for i in index.table.list_indices())
+            q = unit(rng.normal(size=DIM))
+            response = Searcher(index, settings).search(
+                SearchRequest(vector=q.tolist(), k=10, labels_all=[LabelFilter(name="Rare")])
+            )
+            assert response.total_candidates == 30
+            assert len(response.hits) == 10
+            rare = np.arange(0, 3000, 100)
+            expected = rare[np.argsort(-(vecs[rare] @ q))[:10]]
+            got = [int(h.id[2:]) for h in response.hits]
+            if exact_max:
+                assert got == expected.tolist()
+            else:
+                assert len(set(got) & set(expected.tolist())) >= 8
 
 
-def test_alias_points_searches_at_one_model_version(tmp_path: Path) -> None:
-    settings = Settings(home=tmp_path)
-    old, new = EmbeddedStore(settings, "m@1"), EmbeddedStore(settings, "m@2")
-    vecs = unit(np.random.default_rng(6).random((2, DIM)))
-    old.upsert([make_doc(0, vecs[0])])
-    new.upsert([make_doc(1, vecs[1])])
-    assert old.active_model() is None
-    assert old.activate() is None and new.active_model() == "m@1"
-    assert new.activate() == "m@1" and old.active_model() == "m@2"
-    infos = {i.model_id: i for i in old.indexes()}
-    assert set(infos) == {"m@1", "m@2"} and infos["m@2"].active and infos["m@1"].count == 1
+def test_optimize_builds_every_index_once_and_repairs_an_interrupted_run(
+    library: Library,
+) -> None:
+    index = library.index("test@1")
+    vecs = unit(np.random.default_rng(7).random((20, DIM)))
+    index.upsert([make_doc(i, v, title=f"photo {i}") for i, v in enumerate(vecs)])
+    assert index.table.list_indices() == [], "a run killed before optimize() builds nothing"
+    index.optimize()
+    built = {tuple(i.columns) for i in index.table.list_indices()}
+    assert {("text",), ("label_keys",), ("metadata_kv",), ("id",)} <= built
+    version = index.table.version
+    index.optimize()
+    assert index.table.version == version, "nothing to build, nothing written"
+    index.upsert([make_doc(20, vecs[0], title="photo new")])
+    index.optimize()
+    assert all(
+        index.table.index_stats(i.name).num_unindexed_rows == 0 for i in index.table.list_indices()
+    ), "new rows are folded into the indexes"
+    assert [h.id for h in Searcher(index).search(SearchRequest(text="new")).hits] == ["id00020"]
+
+
+def test_tables_of_lookalike_0_1_are_upgraded(tmp_path: Path) -> None:
+    """0.1 named the vector ``vector`` and the metadata ``metadata_json``, built the full-text
+    index without positions (phrase queries failed) and kept alias switches as runs whose
+    source was ``index:<previous>``: all of it upgrades in place on first use."""
+    store = tmp_path / "store"
+    db = lancedb.connect(store)
+    schema = pa.schema(
+        [
+            ("id", pa.string()),
+            ("uri", pa.string()),
+            ("sha256", pa.string()),
+            ("fingerprint", pa.string()),
+            ("size_bytes", pa.int64()),
+            ("mtime_ns", pa.int64()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("format", pa.string()),
+            ("title", pa.string()),
+            ("description", pa.string()),
+            ("keywords", pa.list_(pa.string())),
+            ("metadata_json", pa.string()),
+            ("metadata_kv", pa.list_(pa.string())),
+            (
+                "labels",
+                pa.list_(
+                    pa.struct(
+                        [
+                            ("name", pa.string()),
+                            ("confidence", pa.float32()),
+                            ("parents", pa.list_(pa.string())),
+                        ]
+                    )
+                ),
+            ),
+            ("label_keys", pa.list_(pa.string())),
+            ("text", pa.string()),
+            ("vector", pa.list_(pa.float32(), DIM)),
+            ("model", pa.string()),
+            ("model_version", pa.string()),
+            ("ingested_at", pa.timestamp("us", tz="UTC")),
+        ]
+    ).with_metadata({"model_id": "old@1"})
+    vector = unit(np.random.default_rng(8).random(DIM))
+    row = {
+        **make_doc(0, vector, title="An espresso cup").model_dump(exclude={"labels", "metadata"}),
+        "metadata_json": json.dumps({"k": "v"}),
+        "metadata_kv": ["k=v"],
+        "labels": [{"name": "Cup", "confidence": 80.0, "parents": []}],
+        "label_keys": ["cup:80"],
+        "text": "An espresso cup",
+        "vector": vector.tolist(),
+    }
+    del row["embedding"]
+    table = db.create_table("assets__old_1", data=pa.Table.from_pylist([row], schema=schema))
+    table.create_index("text", config=lancedb.index.FTS())  # 0.1: no positions
+    runs = db.create_table(
+        "assets__runs",
+        schema=pa.schema(
+            [
+                ("run_id", pa.string()),
+                ("started_at", pa.timestamp("us", tz="UTC")),
+                ("summary_json", pa.string()),
+            ]
+        ),
+    )
+    started = datetime(2026, 1, 1, tzinfo=UTC)
+    summaries = [
+        {"run_id": run, "source": source, "new": 1, "model": "old@1", "started_at": f"{started}"}
+        for run, source in (("r1", "file:///lib"), ("s1", "index:older@1"))
+    ]
+    runs.add(
+        [
+            {"run_id": s["run_id"], "started_at": started, "summary_json": json.dumps(s)}
+            for s in summaries
+        ]
+    )
+    with Library.open(Settings(home=tmp_path)) as library:
+        index = library.index("old@1")
+        doc = index.get(["id00000"], with_embedding=True)["id00000"]
+        assert doc.metadata == {"k": "v"} and np.allclose(doc.embedding, vector, atol=1e-6)
+        phrase = Searcher(index).search(SearchRequest(text='"espresso cup"')).hits
+        assert [h.id for h in phrase] == ["id00000"]
+        assert [r.run_id for r in library.runs.runs()] == ["r1"]
+        [switch] = library.runs.switches()
+        assert (switch.model, switch.previous, switch.trigger) == ("old@1", "older@1", "rollout")

@@ -14,8 +14,8 @@ import pytest
 from support import CAT_COPIES, serving
 
 from pipeline.ingest import ingest
+from pipeline.library import Library
 from pipeline.settings import Settings
-from pipeline.store import open_store
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_FLAGS = [
@@ -53,13 +53,15 @@ def base_url(
     else:
         node = request.getfixturevalue("opensearch_node")
         settings = node.settings(home, batch_size=8, table="web")
-    with open_store(embedder.model_id, settings) as store:
-        if store.count():  # a node shared with an earlier session: index from scratch
-            store.delete(list(store.states()))
+    with Library.open(settings) as library:
+        index = library.index(embedder.model_id)
+        if index.count():  # a node shared with an earlier session: index from scratch
+            index.delete(list(index.states()))
+            library.quarantine.remove([r.id for r in library.quarantine.records()])
         ingest(
             sample_manifest.parent,
             sample_manifest,
-            store=store,
+            library=library,
             embedder=embedder,
             settings=settings,
         )

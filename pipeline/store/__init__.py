@@ -1,64 +1,52 @@
-"""Stores: where indexed documents live. ``open_store`` picks the backend from the settings."""
+"""Stores: where indexed documents live (``base.py`` says what each store offers).
+
+``open_backend`` picks the store ``LOOKALIKE_STORE`` names; ``pipeline.library.Library`` is the
+handle the apps open on top of it.
+"""
 
 from __future__ import annotations
 
-from pipeline.settings import Settings, get_settings
-from pipeline.store.base import (
-    Hit,
-    IndexInfo,
-    LabelFilter,
-    SearchRequest,
-    SearchResponse,
-    Store,
-    StoreError,
-)
+import json
+from typing import Any
 
-__all__ = [
-    "Hit",
-    "IndexInfo",
-    "LabelFilter",
-    "SearchRequest",
-    "SearchResponse",
-    "Store",
-    "StoreError",
-    "model_name",
-    "open_store",
-]
+from pipeline.settings import Settings
+from pipeline.store.base import Backend
 
 
-def model_name(model_id: str) -> str:
-    """``mobilenet_v2-imagenet@1`` -> ``mobilenet_v2-imagenet`` (the registry name)."""
-    return model_id.rsplit("@", 1)[0]
-
-
-def open_store(model_id: str | None = None, settings: Settings | None = None) -> Store:
-    """The store the settings select, bound to the index of ``model_id``.
-
-    Without ``model_id`` it follows the alias (the active model version), falling back to the
-    settings' model before anything was activated: searches and scheduled ingests always use
-    the version a rollout last activated.
-    """
-    from pipeline.backbones import get_spec
-
-    settings = settings or get_settings()
-    store = _backend(settings, model_id or get_spec(settings.model).model_id)
-    if model_id is None and (active := store.active_model()) not in (None, store.model_id):
-        store.close()
-        store = _backend(settings, active)
-    return store
-
-
-def _backend(settings: Settings, model_id: str) -> Store:
-    """The store class ``LOOKALIKE_STORE`` names, imported only when used (each backend pulls in
-    its own client library)."""
+def open_backend(settings: Settings) -> Backend:
+    """The store the settings select. The cluster backends are imported only when used:
+    each pulls in its own client library, which the embedded store does not need."""
     if settings.store == "opensearch":
-        from pipeline.store.opensearch import OpenSearchStore
+        from pipeline.store.opensearch import OpenSearchBackend
 
-        return OpenSearchStore(settings, model_id)
+        return OpenSearchBackend(settings)
     if settings.store == "elasticsearch":
-        from pipeline.store.elasticsearch import ElasticsearchStore
+        from pipeline.store.elasticsearch import ElasticsearchBackend
 
-        return ElasticsearchStore(settings, model_id)
-    from pipeline.store.embedded import EmbeddedStore
+        return ElasticsearchBackend(settings)
+    from pipeline.store.embedded import EmbeddedBackend
 
-    return EmbeddedStore(settings, model_id)
+    return EmbeddedBackend(settings)
+
+
+def mapping_files(settings: Settings, dim: int) -> dict[str, dict[str, Any]]:
+    """The JSON files of ``mappings/`` (file name -> body) for these settings and vector
+    dimension: what ``lookalike index export`` writes and ``lookalike index apply`` puts. Both
+    cluster backends' (imported here for their templates only)."""
+    from pipeline.store.cluster import log_templates
+    from pipeline.store.elasticsearch import ElasticsearchBackend
+    from pipeline.store.opensearch import OpenSearchBackend
+
+    base = settings.table
+    logs = log_templates(base, settings)
+    return {
+        "opensearch-template-assets.json": OpenSearchBackend.asset_template(settings, dim),
+        "elasticsearch-template-assets.json": ElasticsearchBackend.asset_template(settings, dim),
+        "template-quarantine.json": logs[f"{base}-quarantine"],
+        "template-runs.json": logs[f"{base}-runs"],
+    }
+
+
+def dump(body: dict[str, Any]) -> str:
+    """A mapping file's text, as ``mappings/`` holds it."""
+    return json.dumps(body, indent=2) + "\n"

@@ -1,145 +1,50 @@
-"""The ``Store`` interface every index backend implements, and its search request/response.
+"""What a store offers the core, split by concern, and nothing more.
 
-The pipeline, the CLI, the DAGs and the API talk only to this interface, so switching from the
-embedded store to OpenSearch is a setting, not a code change.
+A deployment keeps four kinds of records, and each store (``embedded.py``: LanceDB on local
+disk; ``opensearch.py`` and ``elasticsearch.py``: a cluster) implements each of them:
+
+* ``IndexCatalogue``: one index per model version, and the alias that names the version
+  searches and ingestion use (switched atomically by a rollout, and back by a rollback);
+* ``DocumentIndex``: the asset documents of one model version, with the narrow primitives the
+  core's ``Searcher`` builds every search from: ``knn``, ``bm25``, ``count``, ``get`` and
+  ``scan``, each taking one filter tree (``pipeline/filters.py``) that the store translates;
+* ``QuarantineLog``: the files that could not be indexed, with the reason;
+* ``RunLog``: what every ingestion run did, and every alias switch.
+
+``Backend`` bundles them for one store; ``pipeline.library.Library`` is the handle the CLI,
+the API and the DAGs open. Every failure a caller should report (the cluster unreachable, a
+request refused) is a ``StoreError``; documents refused for good by the index are listed by a
+``BulkWriteError``.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal, Self
-
-from pydantic import BaseModel, Field, field_validator, model_validator
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Self
 
 from pipeline.document import (
+    AliasSwitch,
     AssetDocument,
     IngestSummary,
-    Label,
     QuarantineRecord,
     StoredState,
 )
+from pipeline.filters import Filter
+
+Scored = tuple[str, float]
+"""An id and its score (cosine similarity or BM25), in a ranking best first."""
 
 
-class LabelFilter(BaseModel):
-    """Has label ``name`` with confidence >= ``min_confidence`` (names are case-insensitive)."""
+@dataclass
+class Ranking:
+    """A ranking, best first (ties by id), and, when asked for, the documents it ranks: read
+    in the same request, so they are the ones that were ranked (a second read could already
+    see another version of the index)."""
 
-    name: str = Field(min_length=1)
-    min_confidence: float = Field(0.0, ge=0, le=100)
-
-    @classmethod
-    def parse(cls, spec: str) -> LabelFilter:
-        """Parse the CLI form ``NAME[:MIN_CONFIDENCE]`` (e.g. ``Cat:80``)."""
-        name, sep, conf = spec.rpartition(":")
-        if not sep:
-            return cls(name=spec.strip())
-        try:
-            return cls(name=name.strip(), min_confidence=float(conf))
-        except ValueError as exc:
-            raise ValueError(f"label filter {spec!r}: {conf!r} is not a number") from exc
-
-    def matches(self, labels: Iterable[Label]) -> bool:
-        key = self.name.casefold()
-        return any(
-            lab.name.casefold() == key and lab.confidence >= self.min_confidence for lab in labels
-        )
-
-
-def parse_metadata_filters(specs: Iterable[str]) -> dict[str, list[str]]:
-    """Parse ``KEY=VALUE`` filters (the CLI and query-string form) into
-    ``SearchRequest.metadata``; a repeated key accepts several values."""
-    metadata: dict[str, list[str]] = {}
-    for spec in specs:
-        key, sep, value = spec.partition("=")
-        if not sep:
-            raise ValueError(f"metadata filter {spec!r}: expected KEY=VALUE")
-        metadata.setdefault(key.strip(), []).append(value.strip())
-    return metadata
-
-
-class SearchRequest(BaseModel):
-    """One search: a query vector and/or text, narrowed by label and metadata filters."""
-
-    vector: list[float] | None = Field(None, description="Query embedding (L2-normalised).")
-    text: str | None = Field(None, description="Full-text query over title, description, keywords.")
-    labels_all: list[LabelFilter] = Field(default_factory=list, description="Every one must match.")
-    labels_any: list[LabelFilter] = Field(
-        default_factory=list, description="At least one must match."
-    )
-    labels_none: list[LabelFilter] = Field(default_factory=list, description="None may match.")
-    metadata: dict[str, list[str]] = Field(
-        default_factory=dict, description="Metadata key -> accepted values (any of them)."
-    )
-    exclude_ids: list[str] = Field(default_factory=list, description="Ids never returned.")
-    k: int = Field(10, ge=1, le=1000)
-    offset: int = Field(0, ge=0, le=10_000)
-    min_score: float | None = Field(None, description="Drop hits whose score is below this.")
-    hybrid: Literal["rrf", "linear"] = Field(
-        "rrf", description="How vector and text scores combine."
-    )
-    vector_weight: float = Field(
-        0.5, ge=0, le=1, description="Vector share of a linear hybrid score."
-    )
-    rrf_k: int = Field(60, ge=1, description="RRF rank constant.")
-
-    @field_validator("text")
-    @classmethod
-    def _blank_text_is_none(cls, v: str | None) -> str | None:
-        return v if v and v.strip() else None
-
-    @model_validator(mode="after")
-    def _check(self) -> SearchRequest:
-        if self.vector is not None and not self.vector:
-            raise ValueError("vector must not be empty")
-        return self
-
-    @property
-    def has_filters(self) -> bool:
-        return bool(
-            self.labels_all
-            or self.labels_any
-            or self.labels_none
-            or self.metadata
-            or self.exclude_ids
-        )
-
-    def label_filters_match(self, labels: Sequence[Label]) -> bool:
-        """The exact label check every store applies (after any coarse index-side filter)."""
-        return (
-            all(f.matches(labels) for f in self.labels_all)
-            and (not self.labels_any or any(f.matches(labels) for f in self.labels_any))
-            and not any(f.matches(labels) for f in self.labels_none)
-        )
-
-
-class Hit(BaseModel):
-    """One result, with enough detail to see *why* it matched."""
-
-    id: str
-    score: float = Field(description="The ranking score (cosine similarity, BM25 or fused).")
-    vector_score: float | None = Field(None, description="Cosine similarity to the query vector.")
-    text_score: float | None = Field(None, description="Full-text relevance (BM25).")
-    matched_labels: list[Label] = Field(
-        default_factory=list, description="The asset's labels named by the request's filters."
-    )
-    document: AssetDocument
-
-
-class SearchResponse(BaseModel):
-    hits: list[Hit]
-    total_candidates: int | None = Field(
-        None, description="How many documents passed the filters, where the store knows."
-    )
-
-
-class IndexInfo(BaseModel):
-    """One model version's concrete index (table), as ``lookalike index list`` shows it."""
-
-    model_id: str
-    name: str
-    count: int
-    active: bool = Field(description="Whether the alias that searches use points here.")
+    scored: list[Scored]
+    documents: dict[str, AssetDocument] = field(default_factory=dict)
 
 
 class StoreError(RuntimeError):
@@ -148,7 +53,7 @@ class StoreError(RuntimeError):
 
 @dataclass(frozen=True)
 class BulkFailure:
-    """One bulk action that did not succeed, as the cluster explained it."""
+    """One write that did not succeed, as the store explained it."""
 
     op: str
     index: str
@@ -158,6 +63,7 @@ class BulkFailure:
 
     @classmethod
     def from_item(cls, op: str, info: dict[str, Any]) -> BulkFailure:
+        """From a cluster's bulk response item (or the helper's record of a failed request)."""
         error = info.get("error")
         if isinstance(error, dict):  # an item error: {"type", "reason", "caused_by"?}
             text = f"{error.get('type')}: {error.get('reason')}"
@@ -173,7 +79,7 @@ class BulkWriteError(StoreError):
 
     ``rejected`` are the documents the index refused for good (a mapping conflict, a wrong
     vector dimension): ingestion quarantines them with the index's reason. Any other failure
-    (the cluster busy or away) is transient: the run fails, and a re-run writes them."""
+    (the cluster busy or away) is ``transient``: the run fails, and a re-run writes them."""
 
     def __init__(self, failures: Sequence[BulkFailure], written: int) -> None:
         self.failures = list(failures)
@@ -183,102 +89,177 @@ class BulkWriteError(StoreError):
         )
         more = f" (and {len(self.failures) - 5} more)" if len(self.failures) > 5 else ""
         super().__init__(
-            f"{len(self.failures)} bulk action(s) failed after retries, {written} succeeded: "
+            f"{len(self.failures)} write(s) failed after retries, {written} succeeded: "
             f"{shown}{more}"
         )
 
     @property
     def rejected(self) -> dict[str, str]:
         """Document id -> reason, for the documents refused for good (HTTP 4xx but 429)."""
-        return {f.id: f.error for f in self.failures if f.op == "index" and final_status(f.status)}
+        return {f.id: f.error for f in self.failures if f.op == "index" and final(f.status)}
 
     @property
     def transient(self) -> list[BulkFailure]:
-        """The failures worth retrying later (429, 5xx)."""
-        return [f for f in self.failures if not final_status(f.status)]
+        """The failures worth retrying later (429, 5xx, no answer)."""
+        return [f for f in self.failures if not final(f.status)]
 
 
-def final_status(status: int) -> bool:
+def final(status: int) -> bool:
     """Whether a failed write's HTTP status means "never" rather than "not now"."""
     return 400 <= status < 500 and status != 429
 
 
-class Store(ABC):
-    """An index of ``AssetDocument``s for one model version (``model_id``, ``name@version``).
+@dataclass(frozen=True)
+class IndexInfo:
+    """One model version's index, as ``lookalike index list`` shows it."""
 
-    Each model version has its own concrete index; one alias names the version that searches
-    and scheduled ingestion use. A model rollout fills a new index, then moves the alias in
-    one atomic step, so search never goes down and a rollback is one more move.
+    model_id: str
+    name: str
+    count: int
+    active: bool
+
+
+class IndexCatalogue(ABC):
+    """The indexes of the model versions, and the alias searches follow."""
+
+    @abstractmethod
+    def active(self) -> str | None:
+        """The model id the alias names, or ``None`` before the first switch."""
+
+    @abstractmethod
+    def switch(self, model_id: str) -> str | None:
+        """Point the alias at ``model_id``'s index in one atomic step; return the previous
+        model id. The index must exist."""
+
+    @abstractmethod
+    def indexes(self) -> list[IndexInfo]:
+        """Every model version's index, with its size and whether the alias names it."""
+
+
+class DocumentIndex(ABC):
+    """The asset documents of one model version (``model_id``, e.g. ``mobilenet_v2-imagenet@1``).
+
+    Search primitives take a filter tree (``None``: everything) and rank exactly where the
+    filter lets few documents through, so a selective filter never loses recall: ``knn`` by
+    cosine similarity, ``bm25`` by full-text relevance; both best first, ties by id.
     """
 
     model_id: str
 
-    @abstractmethod
-    def active_model(self) -> str | None:
-        """The model id the alias points to, or ``None`` before the first activation."""
+    # -- lifecycle -------------------------------------------------------------------------------
 
     @abstractmethod
-    def activate(self) -> str | None:
-        """Atomically point the alias at this store's index; return the previous model id."""
-
-    @abstractmethod
-    def indexes(self) -> list[IndexInfo]:
-        """Every model version's index under this store's base name."""
+    def exists(self) -> bool:
+        """Whether the index was created (something was ever written with this model)."""
 
     @abstractmethod
     def ensure(self, dim: int) -> None:
-        """Create the index/table for vectors of ``dim`` dimensions if it does not exist."""
+        """Create the index for vectors of ``dim`` dimensions if needed; ``ValueError`` when it
+        exists with another dimension."""
+
+    def optimize(self) -> None:  # noqa: B027 - a no-op where there is nothing to build
+        """Build or refresh the search structures after a large write (and repair what an
+        interrupted run left unbuilt); cheap when there is nothing to do."""
+
+    # -- writes ------------------------------------------------------------------------------
 
     @abstractmethod
     def upsert(self, docs: Sequence[AssetDocument]) -> int:
-        """Insert or replace documents by id; return how many were written."""
+        """Insert or replace documents by id; return how many were written. Documents the
+        index refuses are listed by ``BulkWriteError`` after the others are written."""
 
     @abstractmethod
     def delete(self, ids: Sequence[str]) -> int:
-        """Delete documents (and quarantine records) by id; return how many ids were given."""
+        """Delete documents by id (missing ones are fine); return how many ids were given."""
+
+    # -- reads -------------------------------------------------------------------------------
 
     @abstractmethod
-    def get(self, asset_id: str, with_embedding: bool = True) -> AssetDocument | None:
-        """One document by id, or ``None``."""
+    def get(self, ids: Sequence[str], with_embedding: bool = False) -> dict[str, AssetDocument]:
+        """The documents with these ids that exist, by id."""
 
     @abstractmethod
     def states(self) -> dict[str, StoredState]:
-        """Id -> fingerprint state of every document and quarantine record, for incremental runs."""
+        """Id -> fingerprint state of every document, for incremental runs."""
 
     @abstractmethod
-    def quarantine(self, records: Sequence[QuarantineRecord]) -> None:
-        """Remember files that could not be indexed (and drop any stale document of theirs)."""
+    def count(self, where: Filter | None = None) -> int:
+        """How many documents pass ``where``."""
 
     @abstractmethod
-    def quarantined(self) -> list[QuarantineRecord]:
-        """Every quarantine record."""
+    def knn(
+        self, vector: Sequence[float], where: Filter | None, k: int, documents: bool = False
+    ) -> Ranking:
+        """The ``k`` documents passing ``where`` most similar to ``vector`` (cosine), with the
+        documents (no embeddings) when ``documents``."""
 
     @abstractmethod
-    def search(self, request: SearchRequest) -> SearchResponse:
-        """Vector, text or hybrid search with filters."""
+    def bm25(self, text: str, where: Filter | None, k: int, documents: bool = False) -> Ranking:
+        """The ``k`` documents passing ``where`` that match ``text`` best (double-quoted parts
+        are phrases; any other text is words, never a syntax error), with the documents when
+        ``documents``."""
 
     @abstractmethod
-    def count(self) -> int:
-        """Number of indexed documents."""
+    def scan(self, where: Filter | None, offset: int, limit: int) -> list[str]:
+        """Ids of the documents passing ``where``, in the store's stable order, paged."""
 
     @abstractmethod
-    def label_counts(self, min_confidence: float = 50.0, limit: int = 100) -> dict[str, int]:
-        """Label name -> number of assets carrying it with at least ``min_confidence``, most
-        frequent first (facets for a search page, "top labels" for a dashboard)."""
+    def label_counts(self, min_confidence: float, limit: int) -> dict[str, int]:
+        """Label name -> number of documents carrying it with at least ``min_confidence``,
+        most frequent first (facets, "top labels")."""
+
+
+class QuarantineLog(ABC):
+    """Files that could not be indexed, with the reason, shared by every model version (they
+    are about files, not vectors)."""
 
     @abstractmethod
-    def record_run(self, summary: IngestSummary) -> None:
-        """Keep an ingestion run's summary (for Dashboards and ``lookalike runs``)."""
+    def add(self, records: Sequence[QuarantineRecord]) -> None:
+        """Record (or replace) these files' quarantine records."""
+
+    @abstractmethod
+    def remove(self, ids: Sequence[str]) -> None:
+        """Forget these ids (indexed after all, deleted, or to be retried)."""
+
+    @abstractmethod
+    def records(self) -> list[QuarantineRecord]:
+        """Every record, by URI."""
+
+
+class RunLog(ABC):
+    """What ingestion runs did and how the alias moved, newest first (Dashboards chart it)."""
+
+    @abstractmethod
+    def record(self, entry: IngestSummary | AliasSwitch) -> None:
+        """Keep a run's summary or an alias switch (idempotent: by its id)."""
 
     @abstractmethod
     def runs(self, limit: int = 20) -> list[IngestSummary]:
-        """The most recent run summaries, newest first."""
+        """The most recent ingestion runs."""
 
-    def optimize(self) -> None:  # noqa: B027 - optional hook
-        """Compact and (re)build indexes after a large ingest; backends that need it override."""
+    @abstractmethod
+    def switches(self, limit: int = 20) -> list[AliasSwitch]:
+        """The most recent alias switches."""
 
-    def close(self) -> None:  # noqa: B027 - optional hook
-        """Release connections."""
+
+class Backend(ABC):
+    """One store: its catalogue, its logs, and an index per model version."""
+
+    catalogue: IndexCatalogue
+    quarantine: QuarantineLog
+    runs: RunLog
+
+    @abstractmethod
+    def index(self, model_id: str) -> DocumentIndex:
+        """The index of one model version (not created until ``ensure`` or a write)."""
+
+    def apply(self, dim: int) -> list[str]:
+        """Put what the store keeps ahead of any write (a cluster's index templates), for
+        vectors of ``dim`` dimensions; return what was applied (nothing, here)."""
+        return []
+
+    def close(self) -> None:  # noqa: B027 - nothing to release for a local store
+        """Make what was written visible to other processes, then release connections."""
 
     def __enter__(self) -> Self:
         return self

@@ -1,22 +1,19 @@
-"""What the OpenSearch and Elasticsearch stores share: names, mappings, documents, filters, bulk
-writes with retries, and the ``Store`` methods that do not depend on the vector query dialect.
+"""What the OpenSearch and Elasticsearch stores share: mappings generated from the field tables,
+the filter tree as a ``bool`` query, documents, bulk writes with their one retry layer, and the
+catalogue, index and logs on the REST API both clusters descend from.
 
-Both clients descend from the same REST API, so one base class (``ClusterStore``) implements the
-index lifecycle, the alias, writes, incremental state, quarantine and run records; the backends
-(``pipeline/store/opensearch.py``, ``pipeline/store/elasticsearch.py``) add their vector field,
-their vector and hybrid queries and how their similarity scores map back to cosine similarity.
-
-Every request body is built by a pure function of this module or of a backend module, so the
-contract tests can validate exactly what is sent against the OpenSearch API specification.
+A backend (``opensearch.py``, ``elasticsearch.py``) adds only what differs: its client, its
+vector field, its kNN query, how its kNN score maps back to cosine similarity, and how it
+returns a document's vector. Every request body is built by a pure function, so the contract
+tests can check exactly what is sent against the OpenSearch API specification.
 
 Layout on the cluster, for the base name ``assets`` (``LOOKALIKE_TABLE``):
 
-* ``assets__<model_id>``: one concrete index per model version (same naming as the embedded
-  store's tables), its ``_meta`` records the model id and the vector dimension;
-* ``assets``: the alias searches follow, moved atomically by ``activate()``;
-* ``assets-quarantine`` and ``assets-runs``: quarantine records and ingestion run summaries,
-  shared by all model versions (they are about files and runs, not vectors), in indices of their
-  own so Dashboards can chart them.
+* ``assets__<model_id>``: one index per model version (the embedded store's table names), the
+  model id and the vector dimension in its ``_meta``;
+* ``assets``: the alias searches follow, moved atomically by ``switch``;
+* ``assets-quarantine`` and ``assets-runs``: the quarantine and run logs, shared by all model
+  versions, in indices of their own so Dashboards can chart them.
 """
 
 from __future__ import annotations
@@ -27,23 +24,53 @@ import re
 import time
 from abc import abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import datetime
 from typing import Any, ClassVar, TypeVar
 
-from pipeline.document import AssetDocument, IngestSummary, QuarantineRecord, StoredState
+from pydantic import BaseModel
+
+from pipeline import filters
+from pipeline.document import (
+    ASSET_FIELDS,
+    QUARANTINE_FIELDS,
+    RUN_FIELDS,
+    AliasSwitch,
+    AssetDocument,
+    FieldSpec,
+    IngestSummary,
+    QuarantineRecord,
+    StoredState,
+    field,
+    fields_for,
+)
 from pipeline.settings import Settings
 from pipeline.store.base import (
+    Backend,
     BulkFailure,
     BulkWriteError,
-    Hit,
+    DocumentIndex,
+    IndexCatalogue,
     IndexInfo,
-    LabelFilter,
-    SearchRequest,
-    SearchResponse,
-    Store,
+    QuarantineLog,
+    Ranking,
+    RunLog,
     StoreError,
 )
 
 log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 2
+"""Bumped when the layout changes incompatibly; recorded in every index's ``_meta``."""
+FIELDS = fields_for(ASSET_FIELDS, "cluster")
+FOLD_NORMALIZER = "lookalike_folded"
+TEMPLATE_PRIORITY = 200
+MAX_KNN_K = 10_000
+"""The largest ``k`` (and candidate list) either cluster accepts in a kNN query."""
+UNANSWERED = 503
+"""The status given to bulk items whose request got no answer (the node went away)."""
+RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+"""Bulk item statuses worth retrying: rejected (queue full) or a shard/node briefly away."""
+STATE_FIELDS = ["id", "uri", "sha256", "fingerprint", "size_bytes", "mtime_ns"]
 
 
 def client_options(settings: Settings, *, auth_key: str, timeout_key: str) -> dict[str, Any]:
@@ -69,27 +96,12 @@ def client_options(settings: Settings, *, auth_key: str, timeout_key: str) -> di
     }
 
 
-SCHEMA_VERSION = 1
-"""Bumped when the mapping changes incompatibly; recorded in every index's ``_meta``."""
-FOLD_NORMALIZER = "lookalike_folded"
-TEXT_FIELDS = ["title", "description", "keywords.text"]
-STATE_FIELDS = ["id", "uri", "sha256", "fingerprint", "size_bytes", "mtime_ns"]
-UNANSWERED = 503
-"""The status given to bulk items whose request got no answer (the node went away)."""
-RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
-"""Bulk item statuses worth retrying: rejected (queue full) or a shard/node briefly away."""
-TEMPLATE_PRIORITY = 200
-MAX_KNN_K = 10_000
-"""The largest ``k`` (and candidate list) either cluster accepts in a kNN query."""
-
 # -- names -------------------------------------------------------------------------------------
 
 
 def index_name(base: str, model_id: str) -> str:
-    """One concrete index per model version, e.g. ``assets__mobilenet_v2_imagenet_1``.
-
-    The same rule as the embedded store's table names; the result is lower case ``[a-z0-9_]``,
-    which every OpenSearch/Elasticsearch index name accepts."""
+    """One index per model version, e.g. ``assets__mobilenet_v2_imagenet_1``: lower case
+    ``[a-z0-9_]``, which every OpenSearch/Elasticsearch index name accepts."""
     return f"{base}__{re.sub(r'[^A-Za-z0-9]+', '_', model_id).strip('_').lower()}"
 
 
@@ -101,10 +113,70 @@ def runs_index(base: str) -> str:
     return f"{base}-runs"
 
 
-# -- mappings shared by both backends -----------------------------------------------------------
+# -- mappings, from the field tables -------------------------------------------------------------
 
-_KEYWORD = {"type": "keyword"}
 _FOLDED = {"folded": {"type": "keyword", "normalizer": FOLD_NORMALIZER}}
+_SCALARS = {
+    "keyword": "keyword",
+    "keywords": "keyword",
+    "integer": "integer",
+    "long": "long",
+    "float": "double",
+    "date": "date",
+}
+
+
+def properties(
+    fields: Sequence[FieldSpec], analyzer: str, vector: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The mapping of each field: keywords (indexed only when filterable; a case-insensitive
+    ``folded`` sub-field where filters ignore case; a ``text`` sub-field where they are also
+    searched as text), analysed text, numbers, dates, JSON kept in ``_source`` only (any
+    metadata column works, no mapping explosion), labels as ``nested`` (so "label X with
+    confidence >= c" matches name and confidence of the *same* label) and the vector."""
+    text = {"type": "text", "analyzer": analyzer}
+    mapped: dict[str, Any] = {}
+    for spec in fields:
+        if spec.kind in _SCALARS:
+            prop: dict[str, Any] = {"type": _SCALARS[spec.kind]}
+            if not spec.filterable:
+                prop["index"] = False
+            subfields = {**(_FOLDED if spec.case_insensitive else {})}
+            if spec.kind in ("keyword", "keywords") and spec.analyzed:
+                prop.pop("index", None)
+                subfields["text"] = text
+            if subfields:
+                prop["fields"] = subfields
+        elif spec.kind == "text":
+            prop = dict(text)
+        elif spec.kind == "json":
+            prop = {"type": "object", "enabled": False}
+        elif spec.kind == "labels":
+            prop = {
+                "type": "nested",
+                "properties": {
+                    "name": {"type": "keyword", "fields": _FOLDED},
+                    "confidence": {"type": "double"},
+                    "parents": {"type": "keyword"},
+                },
+            }
+        elif spec.kind == "vector":
+            if vector is None:
+                raise ValueError(f"{spec.name}: a vector field needs the backend's mapping")
+            prop = vector
+        else:
+            raise ValueError(f"{spec.name}: no mapping for kind {spec.kind!r}")
+        mapped[spec.name] = prop
+    return mapped
+
+
+def text_fields(fields: Sequence[FieldSpec]) -> list[str]:
+    """The fields BM25 searches: analysed text, and the text sub-field of analysed keywords."""
+    return [
+        f"{spec.name}.text" if spec.kind in ("keyword", "keywords") else spec.name
+        for spec in fields
+        if spec.analyzed
+    ]
 
 
 def index_settings(shards: int) -> dict[str, Any]:
@@ -116,283 +188,209 @@ def index_settings(shards: int) -> dict[str, Any]:
     }
 
 
-def asset_properties(vector_field: dict[str, Any], analyzer: str) -> dict[str, Any]:
-    """The asset fields, with the backend's vector field as ``embedding``.
-
-    Labels are stored twice: ``labels`` (nested, so "label X with confidence >= c" matches name
-    and confidence of the *same* label) and ``label_names`` (a flat keyword array: fast filters
-    without a confidence, terms aggregations for Dashboards). ``*.folded`` sub-fields lower-case
-    names so label filters are case-insensitive while aggregations keep the original spelling.
-    Metadata is kept in ``_source`` only (any column name works, no mapping explosion) and
-    indexed as ``key=value`` keywords in ``metadata_kv``, exactly as the embedded store filters.
-    """
-    text = {"type": "text", "analyzer": analyzer}
+def meta(what: str, **extra: Any) -> dict[str, Any]:
     return {
-        "id": _KEYWORD,
-        "uri": _KEYWORD,
-        "sha256": _KEYWORD,
-        "fingerprint": _KEYWORD,
-        "size_bytes": {"type": "long"},
-        "mtime_ns": {"type": "long"},
-        "width": {"type": "integer"},
-        "height": {"type": "integer"},
-        "format": _KEYWORD,
-        "title": {**text, "fields": {"raw": {"type": "keyword", "ignore_above": 512}}},
-        "description": text,
-        "keywords": {"type": "keyword", "fields": {"text": text}},
-        "metadata": {"type": "object", "enabled": False},
-        "metadata_kv": _KEYWORD,
-        "labels": {
-            "type": "nested",
-            "properties": {
-                "name": {"type": "keyword", "fields": _FOLDED},
-                "confidence": {"type": "float"},
-                "parents": _KEYWORD,
-            },
-        },
-        "label_names": {"type": "keyword", "fields": _FOLDED},
-        "embedding": vector_field,
-        "model": _KEYWORD,
-        "model_version": _KEYWORD,
-        "ingested_at": {"type": "date"},
+        "managed_by": "lookalike",
+        "schema_version": SCHEMA_VERSION,
+        "description": what,
+        **extra,
     }
 
 
-def asset_mappings(
-    vector_field: dict[str, Any], meta: dict[str, Any], analyzer: str
+def template(
+    patterns: list[str],
+    settings: dict[str, Any],
+    props: dict[str, Any],
+    what: str,
+    **extra: Any,
 ) -> dict[str, Any]:
-    """``dynamic: strict``: a document with a field the mapping does not know is rejected (and
-    reported) instead of silently growing the mapping."""
-    return {
-        "dynamic": "strict",
-        "_meta": meta,
-        "properties": asset_properties(vector_field, analyzer),
-    }
-
-
-def asset_meta(model_id: str | None, dim: int) -> dict[str, Any]:
-    meta: dict[str, Any] = {"managed_by": "lookalike", "schema_version": SCHEMA_VERSION}
-    if model_id is not None:
-        meta["model_id"] = model_id
-    meta["dimension"] = dim
-    return meta
-
-
-def quarantine_template(base: str, shards: int = 1) -> dict[str, Any]:
-    """Index template for quarantine records: one per file, with the reason, for Dashboards."""
-    properties = {
-        **{field: _KEYWORD for field in ("id", "uri", "sha256", "fingerprint")},
-        "size_bytes": {"type": "long"},
-        "mtime_ns": {"type": "long"},
-        "reason": {"type": "text", "fields": {"raw": {"type": "keyword", "ignore_above": 1024}}},
-        "quarantined_at": {"type": "date"},
-    }
-    return _template([quarantine_index(base)], shards, properties, "quarantine records")
-
-
-def runs_template(base: str, shards: int = 1) -> dict[str, Any]:
-    """Index template for ingestion run summaries (``IngestSummary`` plus a quarantined count)."""
-    properties = {
-        "run_id": _KEYWORD,
-        "source": _KEYWORD,
-        "started_at": {"type": "date"},
-        **{n: {"type": "integer"} for n in ("new", "updated", "unchanged", "deleted")},
-        "quarantined": {"type": "object", "enabled": False},
-        "quarantined_count": {"type": "integer"},
-        "model": _KEYWORD,
-        "duration_s": {"type": "float"},
-        "images_per_s": {"type": "float"},
-        "stage_seconds": {"type": "object", "enabled": False},
-    }
-    return _template([runs_index(base)], shards, properties, "ingestion run summaries")
-
-
-def _template(
-    patterns: list[str], shards: int, properties: dict[str, Any], what: str
-) -> dict[str, Any]:
-    meta = {"managed_by": "lookalike", "schema_version": SCHEMA_VERSION, "description": what}
+    """An index template; ``dynamic: strict``: a document with a field the mapping does not
+    know is refused (and reported) instead of silently growing the mapping."""
     return {
         "index_patterns": patterns,
         "priority": TEMPLATE_PRIORITY,
         "template": {
-            "settings": index_settings(shards),
-            "mappings": {"dynamic": "strict", "_meta": meta, "properties": properties},
+            "settings": settings,
+            "mappings": {"dynamic": "strict", "_meta": meta(what, **extra), "properties": props},
         },
-        "_meta": meta,
+        "_meta": meta(what, **extra),
     }
 
 
-def index_body_from_template(template: dict[str, Any]) -> dict[str, Any]:
+def log_templates(base: str, settings: Settings) -> dict[str, dict[str, Any]]:
+    """The templates of the quarantine and run logs (no vectors: the same on both clusters)."""
+    analyzer = settings.text_analyzer
+    return {
+        f"{base}-quarantine": template(
+            [quarantine_index(base)],
+            index_settings(1),
+            properties(QUARANTINE_FIELDS, analyzer),
+            "quarantine records",
+        ),
+        f"{base}-runs": template(
+            [runs_index(base)],
+            index_settings(1),
+            properties(RUN_FIELDS, analyzer),
+            "ingestion runs and alias switches",
+        ),
+    }
+
+
+def create_body(template_body: dict[str, Any], **extra_meta: Any) -> dict[str, Any]:
     """A create-index body equal to what the template gives, so creating an index works the
     same whether or not ``lookalike index apply`` ran first."""
-    return {
-        "settings": template["template"]["settings"],
-        "mappings": template["template"]["mappings"],
-    }
+    mappings = dict(template_body["template"]["mappings"])
+    mappings["_meta"] = {**mappings["_meta"], **extra_meta}
+    return {"settings": template_body["template"]["settings"], "mappings": mappings}
 
 
 # -- documents ---------------------------------------------------------------------------------
 
 
-def to_source(doc: AssetDocument) -> dict[str, Any]:
-    """The ``_source`` of an asset: the document model plus the derived filter fields."""
-    source = doc.model_dump(mode="json")
-    source["label_names"] = [lab.name for lab in doc.labels]
-    source["metadata_kv"] = [f"{k}={v}" for k, v in sorted(doc.metadata.items())]
+def to_source(record: BaseModel, fields: Sequence[FieldSpec]) -> dict[str, Any]:
+    """The ``_source`` of a record: its fields as JSON, plus the derived ones."""
+    values = record.model_dump(mode="json")
+    source = {}
+    for spec in fields:
+        if spec.derive is not None:
+            source[spec.name] = spec.derive(record)
+        elif spec.name in values:
+            source[spec.name] = values[spec.name]
     return source
 
 
-def from_source(source: dict[str, Any], with_embedding: bool = False) -> AssetDocument:
-    fields = {k: v for k, v in source.items() if k in AssetDocument.model_fields}
-    if not with_embedding:
-        fields.pop("embedding", None)
-    return AssetDocument.model_validate(fields)
-
-
-def run_source(summary: IngestSummary) -> dict[str, Any]:
-    return {**summary.model_dump(mode="json"), "quarantined_count": len(summary.quarantined)}
-
-
-def run_from_source(source: dict[str, Any]) -> IngestSummary:
-    return IngestSummary.model_validate(
-        {k: v for k, v in source.items() if k in IngestSummary.model_fields}
+def from_source(source: dict[str, Any], model: type[Any]) -> Any:
+    """The record behind a ``_source`` (derived fields and the other kind's fields left out)."""
+    return model.model_validate(
+        {k: v for k, v in source.items() if k in model.model_fields and v is not None}
     )
 
 
-# -- query pieces --------------------------------------------------------------------------------
+# -- queries -------------------------------------------------------------------------------------
 
 
-def label_clause(f: LabelFilter) -> dict[str, Any]:
-    """One label filter. Without a confidence the flat keyword array answers it; with one, a
-    nested query requires name and confidence on the same label (exact, fractions included)."""
-    if f.min_confidence <= 0:
-        return {"term": {"label_names.folded": f.name}}
-    return {
-        "nested": {
-            "path": "labels",
-            "query": {
-                "bool": {
-                    "filter": [
-                        {"term": {"labels.name.folded": f.name}},
-                        {"range": {"labels.confidence": {"gte": f.min_confidence}}},
-                    ]
-                }
-            },
-        }
-    }
-
-
-def filter_query(request: SearchRequest) -> dict[str, Any] | None:
-    """The request's label, metadata and id filters as one ``bool`` filter (no scoring), or
-    ``None`` without filters. It goes *inside* the kNN clause (efficient filtering)."""
-    filters = [label_clause(f) for f in request.labels_all]
-    if request.labels_any:
-        filters.append(
-            {
-                "bool": {
-                    "should": [label_clause(f) for f in request.labels_any],
-                    "minimum_should_match": 1,
+def query(node: filters.Filter | None) -> dict[str, Any] | None:
+    """The filter tree as a non-scoring query (``None``: no filter). It goes *inside* a kNN
+    query (efficient filtering) and beside the text query."""
+    match node:
+        case None:
+            return None
+        case filters.Term(name, values) if name.startswith(filters.METADATA_PREFIX):
+            key = name.removeprefix(filters.METADATA_PREFIX)
+            return {"terms": {"metadata_kv": [f"{key}={v}" for v in values]}}
+        case filters.Term(name, values):
+            _filterable(name)
+            return {"terms": {name: list(values)}}
+        case filters.Range(name, gte, gt, lte, lt):
+            _filterable(name)
+            bounds = {"gte": gte, "gt": gt, "lte": lte, "lt": lt}
+            return {
+                "range": {
+                    name: {
+                        op: value.isoformat() if isinstance(value, datetime) else value
+                        for op, value in bounds.items()
+                        if value is not None
+                    }
                 }
             }
-        )
-    filters += [
-        {"terms": {"metadata_kv": [f"{key}={value}" for value in values]}}
-        for key, values in sorted(request.metadata.items())
-    ]
-    must_not = [label_clause(f) for f in request.labels_none]
-    if request.exclude_ids:
-        must_not.append({"ids": {"values": list(request.exclude_ids)}})
-    if not filters and not must_not:
+        case filters.HasLabel(name, min_confidence) if min_confidence <= 0:
+            return {"term": {"label_names.folded": name}}
+        case filters.HasLabel(name, min_confidence):
+            return {
+                "nested": {
+                    "path": "labels",
+                    "query": {
+                        "bool": {
+                            "filter": [
+                                {"term": {"labels.name.folded": name}},
+                                {"range": {"labels.confidence": {"gte": min_confidence}}},
+                            ]
+                        }
+                    },
+                }
+            }
+        case filters.And(items):
+            return {"bool": {"filter": [query(i) or {"match_all": {}} for i in items]}}
+        case filters.Or(items):
+            should = [query(i) or {"match_all": {}} for i in items]
+            return {"bool": {"should": should, "minimum_should_match": 1}}
+        case filters.Not(item):
+            return {"bool": {"must_not": [query(item) or {"match_all": {}}]}}
+    raise TypeError(f"not a filter node: {node!r}")
+
+
+def text_query(text: str) -> dict[str, Any] | None:
+    """BM25 over the text fields: the words (``most_fields`` sums the fields' scores, the
+    closest match to the embedded store's one concatenated column) and each phrase, so every
+    store reads the same query (``filters.text_terms``); ``None`` when nothing is left."""
+    words, phrases = filters.text_terms(text)
+    fields = text_fields(FIELDS)
+    should = [{"multi_match": {"query": " ".join(words), "fields": fields, "type": "most_fields"}}]
+    should = should if words else []
+    should += [{"multi_match": {"query": p, "fields": fields, "type": "phrase"}} for p in phrases]
+    if not should:
         return None
-    clauses: dict[str, Any] = {}
-    if filters:
-        clauses["filter"] = filters
-    if must_not:
-        clauses["must_not"] = must_not
-    return {"bool": clauses}
+    return should[0] if len(should) == 1 else {"bool": {"should": should}}
 
 
-def text_query(text: str) -> dict[str, Any]:
-    """BM25 over title, description and keywords. ``most_fields`` sums the fields' scores, the
-    closest match to the embedded store's single concatenated text column."""
-    return {"multi_match": {"query": text, "fields": TEXT_FIELDS, "type": "most_fields"}}
+def with_filter(scoring: dict[str, Any], where: filters.Filter | None) -> dict[str, Any]:
+    if (condition := query(where)) is None:
+        return scoring
+    return {"bool": {"must": [scoring], "filter": [condition]}}
 
 
-def filtered_text_query(request: SearchRequest) -> dict[str, Any]:
-    query: dict[str, Any] = {"must": [text_query(request.text or "")]}
-    if (filters := filter_query(request)) is not None:
-        query["filter"] = [filters]
-    return {"bool": query}
+def bm25_body(text_part: dict[str, Any], where: filters.Filter | None, k: int) -> dict[str, Any]:
+    return {"size": k, "_source": False, "query": with_filter(text_part, where)}
 
 
-def text_search_body(request: SearchRequest, size: int) -> dict[str, Any]:
+def count_body(where: filters.Filter | None) -> dict[str, Any]:
+    return {"query": query(where) or {"match_all": {}}}
+
+
+def scan_body(where: filters.Filter | None, offset: int, limit: int) -> dict[str, Any]:
+    """A page of ids in id order (the listing of a search without vector or text)."""
     return {
-        "size": size,
-        "_source": {"excludes": ["embedding"]},
-        "query": filtered_text_query(request),
-    }
-
-
-def listing_body(request: SearchRequest, size: int) -> dict[str, Any]:
-    """Filters only (no vector, no text): hits score 0 and come in id order, like the embedded
-    store's listing."""
-    return {
-        "size": size,
-        "_source": {"excludes": ["embedding"]},
-        "query": filter_query(request) or {"match_all": {}},
+        "from": offset,
+        "size": limit,
+        "_source": False,
+        "query": query(where) or {"match_all": {}},
         "sort": ["id"],
     }
 
 
-def count_body(request: SearchRequest) -> dict[str, Any]:
-    """How many documents pass the filters (``SearchResponse.total_candidates``)."""
-    return {"query": filter_query(request) or {"match_all": {}}}
+def get_body(ids: Sequence[str], source: Any) -> dict[str, Any]:
+    """Documents by id; ``source`` says whether the (large) embedding comes back."""
+    return {"size": len(ids), "_source": source, "query": {"ids": {"values": list(ids)}}}
 
 
-def ids_text_body(request: SearchRequest, ids: Sequence[str]) -> dict[str, Any]:
-    """BM25 scores of given hits (the text component of a fused hybrid score)."""
+def runs_body(kind: str, limit: int) -> dict[str, Any]:
+    """The newest entries of one kind first. The sort is in the body, in its long form: the
+    ``field:desc`` query parameter is OpenSearch's alone (Elasticsearch's client moves it into
+    the body, where it names a field ``started_at:desc``)."""
     return {
-        "size": len(ids),
-        "_source": False,
-        "query": {"bool": {"must": [text_query(request.text or "")], "filter": [_ids(ids)]}},
+        "size": limit,
+        "query": {"term": {"kind": kind}},
+        "sort": [{"started_at": {"order": "desc"}}],
     }
-
-
-def get_body(asset_id: str, source: Any) -> dict[str, Any]:
-    """One asset by id; ``source`` says whether the (large) embedding comes back."""
-    return {"size": 1, "_source": source, "query": _ids([asset_id])}
-
-
-def runs_body(limit: int) -> dict[str, Any]:
-    """The newest runs first. The sort is in the body, in its long form: the ``field:desc``
-    query parameter is OpenSearch's alone (Elasticsearch's client moves it into the body, where
-    it names a field ``started_at:desc``), and the published OpenSearch specification's schema
-    admits the long form only (two of its alternatives match ``{"field": "desc"}``)."""
-    return {"size": limit, "query": {"match_all": {}}, "sort": [{"started_at": {"order": "desc"}}]}
 
 
 def label_counts_body(min_confidence: float, limit: int) -> dict[str, Any]:
     """Nested terms aggregation over labels with at least ``min_confidence``; a label name
     appears once per asset, so a bucket's count is the number of assets."""
+    names = {
+        "terms": {
+            "field": "labels.name",
+            "size": limit,
+            "order": [{"_count": "desc"}, {"_key": "asc"}],
+        }
+    }
+    confident = {"range": {"labels.confidence": {"gte": min_confidence}}}
     return {
         "size": 0,
         "aggs": {
             "labels": {
                 "nested": {"path": "labels"},
-                "aggs": {
-                    "confident": {
-                        "filter": {"range": {"labels.confidence": {"gte": min_confidence}}},
-                        "aggs": {
-                            "names": {
-                                "terms": {
-                                    "field": "labels.name",
-                                    "size": limit,
-                                    "order": [{"_count": "desc"}, {"_key": "asc"}],
-                                }
-                            }
-                        },
-                    }
-                },
+                "aggs": {"confident": {"filter": confident, "aggs": {"names": names}}},
             }
         },
     }
@@ -408,41 +406,20 @@ def alias_swap_body(alias: str, index: str, current: Sequence[str]) -> dict[str,
     return {"actions": actions}
 
 
-def _ids(ids: Sequence[str]) -> dict[str, Any]:
-    return {"ids": {"values": list(ids)}}
-
-
 def unit(vector: Sequence[float]) -> list[float]:
     """L2-normalise a query vector: stored embeddings are unit length, so the inner product the
-    index computes is then exactly the cosine similarity the embedded store reports."""
+    index computes is then exactly the cosine similarity."""
     norm = sum(x * x for x in vector) ** 0.5
     if norm == 0:
         raise ValueError("the query vector is all zeros")
     return [x / norm for x in vector]
 
 
-def fuse(
-    request: SearchRequest,
-    vector_hits: Sequence[tuple[str, float]],
-    text_hits: Sequence[tuple[str, float]],
-) -> list[tuple[str, float]]:
-    """Client-side hybrid fusion with the embedded store's formulas: RRF is
-    ``sum(1 / (rrf_k + rank))`` (ranks from 1); linear is ``w * cosine + (1 - w) * bm25 /
-    best_bm25``. Inputs are ``(id, score)`` best first; returns ``(id, fused)`` best first."""
-    vec = {i: (rank, s) for rank, (i, s) in enumerate(vector_hits, 1)}
-    txt = {i: (rank, s) for rank, (i, s) in enumerate(text_hits, 1)}
-    top_text = max((s for _, s in text_hits), default=0.0) or 1.0
-    fused = []
-    for asset_id in {*vec, *txt}:
-        v, t = vec.get(asset_id), txt.get(asset_id)
-        if request.hybrid == "rrf":
-            score = sum(1.0 / (request.rrf_k + rank) for rank, _ in filter(None, (v, t)))
-        else:
-            w = request.vector_weight
-            score = w * (v[1] if v else 0.0) + (1 - w) * (t[1] / top_text if t else 0.0)
-        fused.append((asset_id, score))
-    fused.sort(key=lambda pair: (-pair[1], pair[0]))
-    return fused
+def _filterable(name: str) -> FieldSpec:
+    spec = field(FIELDS, name)
+    if not spec.filterable:
+        raise ValueError(f"field {name!r} cannot be filtered on")
+    return spec
 
 
 # -- bulk writes ---------------------------------------------------------------------------------
@@ -468,7 +445,6 @@ def write_bulk(
     max_retries: int,
     initial_backoff: float,
     max_backoff: float,
-    sleep: Callable[[float], None] = time.sleep,
 ) -> int:
     """Send ``actions`` with the client library's ``helpers.streaming_bulk``; return how many
     succeeded, raise ``BulkWriteError`` listing every action that still failed.
@@ -496,7 +472,7 @@ def write_bulk(
                 attempt,
                 max_retries,
             )
-            sleep(wait)
+            time.sleep(wait)
         retry: dict[tuple[str, str, str], dict[str, Any]] = {}
         for ok, item in streaming_bulk(
             client,
@@ -530,226 +506,144 @@ def _action_key(action: dict[str, Any]) -> tuple[str, str, str]:
     return (action["_op_type"], action["_index"], action["_id"])
 
 
-# -- the shared store ----------------------------------------------------------------------------
+# -- the backend -----------------------------------------------------------------------------------
 
 Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 def reported(method: Method) -> Method:
-    """Cluster failures (unreachable, TLS, authentication, a rejected request) leave the store
-    as ``StoreError``, which the CLI prints as one line and the API maps to an error response,
-    instead of a client library's traceback."""
+    """Cluster failures (unreachable, TLS, authentication, a refused request) leave the store
+    as ``StoreError``, which the CLI prints as one line and the API answers 503 with, instead
+    of a client library's traceback."""
 
     @functools.wraps(method)
-    def wrapper(self: ClusterStore, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        backend: ClusterBackend = getattr(self, "backend", self)
         try:
             return method(self, *args, **kwargs)
-        except self.client_errors as exc:
-            where = ", ".join(self.settings.cluster_urls)
-            raise StoreError(f"{self.backend} at {where}: {exc}") from exc
+        except backend.client_errors as exc:
+            where = ", ".join(backend.settings.cluster_urls)
+            raise StoreError(f"{backend.name} at {where}: {exc}") from exc
 
     return wrapper  # type: ignore[return-value]
 
 
-class ClusterStore(Store):
-    """A ``Store`` on an OpenSearch or Elasticsearch cluster (see the module docstring).
+def plain_body(response: Any) -> Any:
+    """The JSON body of a response: Elasticsearch's client wraps it (``.body``), OpenSearch's
+    returns it as is."""
+    return getattr(response, "body", response)
 
-    Reads after writes in the same process see the writes: the indices written to are
-    refreshed before the next count, search or state read (one refresh per burst of writes, not
-    one per bulk request), so e.g. ingestion's "activate the first index" check counts the
-    documents it has just written. Other processes see writes within the refresh interval (1 s).
+
+class ClusterBackend(Backend):
+    """A store on an OpenSearch or Elasticsearch cluster (see the module docstring).
+
+    Reads after writes see the writes: the indices written to are refreshed before the next
+    read (one refresh per burst of writes) and when the backend is closed, so the next process
+    to read (``lookalike runs`` right after ``lookalike ingest``) sees them too.
     """
 
-    backend: ClassVar[str]
+    name: ClassVar[str]
     not_found: ClassVar[type[Exception]]
     """The client's exception for HTTP 404."""
     client_errors: ClassVar[tuple[type[Exception], ...]]
     """The client's exceptions for failed requests, reported as ``StoreError``."""
     streaming_bulk: ClassVar[StreamingBulk]
-    scan: ClassVar[Callable[..., Iterator[dict[str, Any]]]]
-    embedding_source: ClassVar[Any] = True
-    """The ``_source`` option that returns a document with its embedding."""
+    scan_helper: ClassVar[Callable[..., Iterator[dict[str, Any]]]]
 
-    def __init__(self, settings: Settings, model_id: str, client: Any | None = None) -> None:
+    def __init__(self, settings: Settings, client: Any | None = None) -> None:
         self.settings = settings
-        self.model_id = model_id
         self.alias = settings.table
-        self.index = index_name(settings.table, model_id)
-        self.quarantine_index = quarantine_index(settings.table)
-        self.runs_index = runs_index(settings.table)
         self.client = client if client is not None else self.connect(settings)
         self._dirty: set[str] = set()
-        self._dimension: int | None = None
-        self._exists = False
         self._ready: set[str] = set()
+        self.catalogue = ClusterCatalogue(self)
+        self.quarantine = ClusterQuarantine(self)
+        self.runs = ClusterRunLog(self)
 
-    # -- backend hooks -----------------------------------------------------------------------
+    # -- what a backend adds -------------------------------------------------------------------
 
     @classmethod
     @abstractmethod
     def connect(cls, settings: Settings) -> Any:
-        """A client for ``settings.cluster_*`` (TLS, basic auth, retries on 502/503/504)."""
+        """A client for ``settings.cluster_*``."""
+
+    @classmethod
+    @abstractmethod
+    def vector_field(cls, settings: Settings, dim: int) -> dict[str, Any]:
+        """The mapping of the ``embedding`` field."""
+
+    @classmethod
+    @abstractmethod
+    def index_options(cls, settings: Settings) -> dict[str, Any]:
+        """Index settings the backend adds to ``index_settings`` (k-NN switches)."""
 
     @abstractmethod
-    def asset_template(self, dim: int) -> dict[str, Any]:
-        """The index template of the asset indices, with an ``embedding`` of ``dim``."""
-
-    @abstractmethod
-    def _similar(self, request: SearchRequest, size: int) -> list[Hit]:
-        """Vector (or hybrid, when the request has text too) hits, best first."""
-
-    @abstractmethod
-    def vector_body(self, request: SearchRequest, size: int) -> dict[str, Any]:
-        """A filtered kNN search for the request's vector, ``size`` hits."""
+    def knn_body(
+        self, vector: Sequence[float], where: filters.Filter | None, k: int
+    ) -> dict[str, Any]:
+        """A filtered kNN search for ``k`` ids."""
 
     @staticmethod
     @abstractmethod
     def cosine_from_score(score: float) -> float:
         """The cosine similarity behind one of the backend's kNN scores."""
 
-    @staticmethod
-    @abstractmethod
-    def ids_vector_body(request: SearchRequest, ids: Sequence[str]) -> dict[str, Any]:
-        """A kNN search restricted to ``ids`` (exact, as only they pass its filter)."""
+    def embedding_source(self) -> Any:
+        """The ``_source`` option that returns a document with its embedding."""
+        return True
+
+    # -- templates -----------------------------------------------------------------------------
+
+    @classmethod
+    def asset_template(cls, settings: Settings, dim: int) -> dict[str, Any]:
+        """The index template of every model version's index (``<base>__*``)."""
+        index = index_settings(settings.cluster_shards)
+        index["index"].update(cls.index_options(settings))
+        props = properties(FIELDS, settings.text_analyzer, cls.vector_field(settings, dim))
+        what = "asset documents of one model version"
+        return template([f"{settings.table}__*"], index, props, what, dimension=dim)
 
     def templates(self, dim: int) -> dict[str, dict[str, Any]]:
         """Every index template ``lookalike index apply`` puts, by name."""
-        base = self.settings.table
-        return {
-            f"{base}-assets": self.asset_template(dim),
-            f"{base}-quarantine": quarantine_template(base),
-            f"{base}-runs": runs_template(base),
-        }
+        assets = {f"{self.alias}-assets": self.asset_template(self.settings, dim)}
+        return assets | log_templates(self.alias, self.settings)
 
     @reported
     def apply(self, dim: int) -> list[str]:
-        """Put the index templates (and the backend's search pipelines); return their names."""
+        """Put the index templates and create the log indices; return what was applied."""
         applied = []
         for name, body in self.templates(dim).items():
             self.client.indices.put_index_template(name=name, body=body)
             applied.append(f"index template {name}")
-        for index in (self.quarantine_index, self.runs_index):
-            self._ensure_support_index(index)
+        for index in (quarantine_index(self.alias), runs_index(self.alias)):
+            self.ensure_log(index)
         return applied
 
-    # -- alias -------------------------------------------------------------------------------
+    # -- plumbing shared by the catalogue, the indexes and the logs ------------------------------
 
-    def _alias_targets(self) -> list[str]:
-        try:
-            return sorted(plain_body(self.client.indices.get_alias(name=self.alias)))
-        except self.not_found:
-            return []
+    def index(self, model_id: str) -> ClusterIndex:
+        return ClusterIndex(self, model_id)
 
-    def _mapping(self, index: str) -> dict[str, Any]:
-        return next(iter(plain_body(self.client.indices.get_mapping(index=index)).values()))[
-            "mappings"
-        ]
-
-    def _meta(self, index: str) -> dict[str, Any]:
-        return self._mapping(index).get("_meta", {})
-
-    @reported
-    def active_model(self) -> str | None:
-        targets = self._alias_targets()
-        return self._meta(targets[0]).get("model_id") if targets else None
-
-    @reported
-    def activate(self) -> str | None:
-        if not self._index_exists():
-            raise StoreError(
-                f"index {self.index!r} does not exist: ingest with model {self.model_id} "
-                "before making it the active one"
-            )
-        current = self._alias_targets()
-        previous = self._meta(current[0]).get("model_id") if current else None
-        self.client.indices.update_aliases(body=alias_swap_body(self.alias, self.index, current))
-        return previous
-
-    @reported
-    def indexes(self) -> list[IndexInfo]:
-        try:
-            found = plain_body(self.client.indices.get(index=f"{self.alias}__*"))
-        except self.not_found:
-            return []
-        self._refresh_if_dirty()
-        return [
-            IndexInfo(
-                model_id=info["mappings"].get("_meta", {}).get("model_id", ""),
-                name=name,
-                count=self._count(name),
-                active=self.alias in info.get("aliases", {}),
-            )
-            for name, info in sorted(found.items())
-        ]
-
-    # -- lifecycle ---------------------------------------------------------------------------
-
-    def _index_exists(self) -> bool:
-        """Whether this model version's index exists (once it does, it is not asked again)."""
-        if self._dimension is None and not self._exists:
-            self._exists = bool(self.client.indices.exists(index=self.index))
-        return self._dimension is not None or self._exists
-
-    @reported
-    def ensure(self, dim: int) -> None:
-        if self._dimension is None:
-            try:
-                mapping = self._mapping(self.index)
-            except self.not_found:
-                body = index_body_from_template(self.asset_template(dim))
-                body["mappings"]["_meta"] = asset_meta(self.model_id, dim)
-                self._create(self.index, body)
-                self._dimension = dim
-            else:
-                vector = mapping.get("properties", {}).get("embedding", {})
-                found = mapping.get("_meta", {}).get("dimension")
-                self._dimension = int(found or vector.get("dimension") or vector.get("dims"))
-        if self._dimension != dim:
-            raise ValueError(
-                f"index {self.index!r} holds {self._dimension}-d vectors, the model gives "
-                f"{dim}-d; use a new index (model version) instead of mixing them"
-            )
-
-    def _create(self, index: str, body: dict[str, Any]) -> None:
+    def create(self, index: str, body: dict[str, Any]) -> None:
         """Create an index; another process creating it first is fine."""
         try:
             self.client.indices.create(index=index, body=body)
-        except Exception as exc:
+        except self.client_errors as exc:
             if "resource_already_exists_exception" not in str(exc):
                 raise
 
-    def _ensure_support_index(self, index: str) -> None:
-        """Quarantine and run indices are created with their mapping before the first write, so
-        a write never auto-creates them with guessed field types."""
+    def ensure_log(self, index: str) -> None:
+        """The log indices are created with their mapping before the first write, so a write
+        never auto-creates them with guessed field types."""
         if index in self._ready:
             return
-        template = (quarantine_template if index == self.quarantine_index else runs_template)(
-            self.settings.table
-        )
+        base = self.alias
+        name = f"{base}-quarantine" if index == quarantine_index(base) else f"{base}-runs"
         if not self.client.indices.exists(index=index):
-            self._create(index, index_body_from_template(template))
+            self.create(index, create_body(log_templates(base, self.settings)[name]))
         self._ready.add(index)
 
-    @reported
-    def optimize(self) -> None:
-        """Make the latest writes searchable now (HNSW graphs are built as segments are
-        written; there is nothing else to build)."""
-        self._dirty.update({self.index, self.quarantine_index, self.runs_index})
-        self._refresh_if_dirty()
-
-    def close(self) -> None:
-        """Make this store's writes visible before letting go (the next process to open the
-        index, e.g. `lookalike runs` right after `lookalike ingest`, must see them without
-        waiting for the refresh interval), then close the connections."""
-        try:
-            self._refresh_if_dirty()
-        except self.client_errors as exc:  # closing must not hide the error that led here
-            log.warning("could not refresh %s before closing: %s", self.backend, exc)
-        self.client.close()
-
-    # -- writes ------------------------------------------------------------------------------
-
-    def _bulk(self, actions: Sequence[dict[str, Any]]) -> int:
+    def bulk(self, actions: Sequence[dict[str, Any]]) -> int:
         if not actions:
             return 0
         self._dirty.update(a["_index"] for a in actions)
@@ -763,254 +657,291 @@ class ClusterStore(Store):
             max_backoff=self.settings.bulk_max_backoff_s,
         )
 
-    @reported
-    def upsert(self, docs: Sequence[AssetDocument]) -> int:
-        if not docs:
-            return 0
-        if any(d.embedding is None for d in docs):
-            raise ValueError("documents must carry their embedding to be indexed")
-        if not self._index_exists():
-            self.ensure(len(docs[0].embedding or ()))
-        self._ensure_support_index(self.quarantine_index)
-        try:
-            written = self._bulk([index_action(self.index, d.id, to_source(d)) for d in docs])
-        except BulkWriteError as exc:  # what was written leaves the quarantine all the same
-            failed = {f.id for f in exc.failures}
-            written_ids = [d.id for d in docs if d.id not in failed]
-            self._bulk([delete_action(self.quarantine_index, i) for i in written_ids])
-            raise
-        self._bulk([delete_action(self.quarantine_index, d.id) for d in docs])
-        return written
-
-    @reported
-    def delete(self, ids: Sequence[str]) -> int:
-        if not ids:
-            return 0
-        self._ensure_support_index(self.quarantine_index)
-        targets = [self.quarantine_index] + ([self.index] if self._index_exists() else [])
-        self._bulk([delete_action(index, i) for index in targets for i in ids])
-        return len(ids)
-
-    @reported
-    def quarantine(self, records: Sequence[QuarantineRecord]) -> None:
-        if not records:
-            return
-        self._ensure_support_index(self.quarantine_index)
-        self._bulk(
-            [index_action(self.quarantine_index, r.id, r.model_dump(mode="json")) for r in records]
-        )
-        if self._index_exists():
-            self._bulk([delete_action(self.index, r.id) for r in records])
-
-    @reported
-    def record_run(self, summary: IngestSummary) -> None:
-        self._ensure_support_index(self.runs_index)
-        self._bulk([index_action(self.runs_index, summary.run_id, run_source(summary))])
-
-    # -- reads -------------------------------------------------------------------------------
-
-    def _refresh_if_dirty(self) -> None:
+    def refresh(self) -> None:
+        """Make this process's writes searchable (once per burst of writes)."""
         if self._dirty:
             self.client.indices.refresh(
                 index=",".join(sorted(self._dirty)), ignore_unavailable=True
             )
             self._dirty.clear()
 
-    def _count(self, index: str, body: dict[str, Any] | None = None) -> int:
-        try:
-            return int(self.client.count(index=index, body=body)["count"])
-        except self.not_found:
-            return 0
+    def search(self, index: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """A search's whole response, or ``None`` when the index does not exist."""
+        return self.read(
+            lambda: self.client.search(index=index, body=body, allow_partial_search_results=False)
+        )
 
-    def _search(self, index: str, body: dict[str, Any], **params: Any) -> list[dict[str, Any]]:
-        try:
-            return plain_body(self.client.search(index=index, body=body, **params))["hits"]["hits"]
-        except self.not_found:
-            return []
+    def count(self, index: str, body: dict[str, Any]) -> int:
+        response = self.read(lambda: self.client.count(index=index, body=body))
+        return int(response["count"]) if response else 0
 
-    @reported
-    def count(self) -> int:
-        self._refresh_if_dirty()
-        return self._count(self.index)
+    def read(self, request: Callable[[], Any]) -> dict[str, Any] | None:
+        """Run a read (after making this process's writes searchable), or ``None`` when the
+        index does not exist. A read is never answered from part of the index: while a shard
+        has no copy to answer from (a node just went away and a replica is being promoted) it
+        is tried again, ``read_max_retries`` times with the bulk back-off, instead of
+        returning fewer hits or a smaller count than the index holds."""
+        self.refresh()
+        for attempt in range(self.settings.read_max_retries + 1):
+            if attempt:
+                time.sleep(
+                    min(
+                        self.settings.bulk_max_backoff_s,
+                        self.settings.bulk_initial_backoff_s * 2 ** (attempt - 1),
+                    )
+                )
+            try:
+                response = plain_body(request())
+            except self.not_found:
+                return None
+            except self.client_errors as exc:
+                status = getattr(exc, "status_code", None)
+                status = status if isinstance(status, int) else UNANSWERED
+                if status not in RETRYABLE_STATUS or attempt == self.settings.read_max_retries:
+                    raise
+                log.info("retrying a read after HTTP %s: %s", status, exc)
+                continue
+            if not response.get("_shards", {}).get("failed"):
+                return response
+            log.info("retrying a read that %d shard(s) failed", response["_shards"]["failed"])
+        raise StoreError(f"{self.name}: shards of the index did not answer: {response['_shards']}")
 
-    @reported
-    def get(self, asset_id: str, with_embedding: bool = True) -> AssetDocument | None:
-        self._refresh_if_dirty()
-        source = self.embedding_source if with_embedding else {"excludes": ["embedding"]}
-        hits = self._search(self.index, get_body(asset_id, source))
-        return from_source(hits[0]["_source"], with_embedding) if hits else None
+    def hits(self, index: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+        response = self.search(index, body)
+        return response["hits"]["hits"] if response else []
 
-    def _scan(self, index: str, fields: list[str] | None = None) -> Iterator[dict[str, Any]]:
+    def sources(self, index: str, fields: list[str] | None = None) -> Iterator[dict[str, Any]]:
         """Every document's ``_source`` (scroll, so any number of them); none if no index."""
-        query: dict[str, Any] = {"query": {"match_all": {}}}
+        self.refresh()
+        body: dict[str, Any] = {"query": {"match_all": {}}}
         if fields is not None:
-            query["_source"] = fields
+            body["_source"] = fields
         try:
-            for hit in type(self).scan(self.client, index=index, query=query, size=1000):
+            for hit in type(self).scan_helper(self.client, index=index, query=body, size=1000):
                 yield hit["_source"]
         except self.not_found:
             return
 
+    def close(self) -> None:
+        """Make this backend's writes visible before letting go, then close the connections."""
+        try:
+            self.refresh()
+        except self.client_errors as exc:  # closing must not hide the error that led here
+            log.warning("could not refresh %s before closing: %s", self.name, exc)
+        self.client.close()
+
+
+class ClusterCatalogue(IndexCatalogue):
+    def __init__(self, backend: ClusterBackend) -> None:
+        self.backend = backend
+        self.client = backend.client
+        self.alias = backend.alias
+
+    def _targets(self) -> list[str]:
+        try:
+            return sorted(plain_body(self.client.indices.get_alias(name=self.alias)))
+        except self.backend.not_found:
+            return []
+
+    def _model(self, index: str) -> str | None:
+        mapping = plain_body(self.client.indices.get_mapping(index=index))
+        return next(iter(mapping.values()))["mappings"].get("_meta", {}).get("model_id")
+
+    @reported
+    def active(self) -> str | None:
+        targets = self._targets()
+        return self._model(targets[0]) if targets else None
+
+    @reported
+    def switch(self, model_id: str) -> str | None:
+        index = index_name(self.alias, model_id)
+        if not self.client.indices.exists(index=index):
+            raise ValueError(f"no index for {model_id}: ingest with it first")
+        current = self._targets()
+        previous = self._model(current[0]) if current else None
+        self.client.indices.update_aliases(body=alias_swap_body(self.alias, index, current))
+        return previous
+
+    @reported
+    def indexes(self) -> list[IndexInfo]:
+        try:
+            found = plain_body(self.client.indices.get(index=f"{self.alias}__*"))
+        except self.backend.not_found:
+            return []
+        self.backend.refresh()
+        infos = []
+        for name, info in sorted(found.items()):
+            model = info["mappings"].get("_meta", {}).get("model_id", "")
+            count = self.backend.count(name, count_body(None))
+            infos.append(IndexInfo(model, name, count, self.alias in info.get("aliases", {})))
+        return infos
+
+
+class ClusterIndex(DocumentIndex):
+    """One model version's index on the cluster."""
+
+    def __init__(self, backend: ClusterBackend, model_id: str) -> None:
+        self.backend = backend
+        self.client = backend.client
+        self.settings = backend.settings
+        self.model_id = model_id
+        self.name = index_name(self.settings.table, model_id)
+        self._dimension: int | None = None
+
+    @reported
+    def exists(self) -> bool:
+        return self._dimension is not None or bool(self.client.indices.exists(index=self.name))
+
+    @reported
+    def ensure(self, dim: int) -> None:
+        if self._dimension is None:
+            try:
+                mapping = plain_body(self.client.indices.get_mapping(index=self.name))
+            except self.backend.not_found:
+                asset_template = self.backend.asset_template(self.settings, dim)
+                body = create_body(asset_template, model_id=self.model_id)
+                self.backend.create(self.name, body)
+                self._dimension = dim
+            else:
+                found = next(iter(mapping.values()))["mappings"].get("_meta", {})
+                self._dimension = int(found["dimension"])
+        if self._dimension != dim:
+            raise ValueError(
+                f"index {self.name!r} holds {self._dimension}-d vectors, the model gives "
+                f"{dim}-d; use a new index (model version) instead of mixing them"
+            )
+
+    @reported
+    def optimize(self) -> None:
+        """Make the latest writes searchable now (HNSW graphs are built as segments are
+        written; there is nothing else to build)."""
+        self.backend._dirty.add(self.name)
+        self.backend.refresh()
+
+    @reported
+    def upsert(self, docs: Sequence[AssetDocument]) -> int:
+        if not docs:
+            return 0
+        if any(d.embedding is None for d in docs):
+            raise ValueError("documents must carry their embedding to be indexed")
+        if not self.exists():
+            self.ensure(len(docs[0].embedding or ()))
+        return self.backend.bulk(
+            [index_action(self.name, d.id, to_source(d, FIELDS)) for d in docs]
+        )
+
+    @reported
+    def delete(self, ids: Sequence[str]) -> int:
+        if ids and self.exists():
+            self.backend.bulk([delete_action(self.name, i) for i in ids])
+        return len(ids)
+
+    @reported
+    def get(self, ids: Sequence[str], with_embedding: bool = False) -> dict[str, AssetDocument]:
+        if not ids:
+            return {}
+        source = self.backend.embedding_source() if with_embedding else {"excludes": ["embedding"]}
+        found = self.backend.hits(self.name, get_body(ids, source))
+        return {h["_id"]: from_source(h["_source"], AssetDocument) for h in found}
+
     @reported
     def states(self) -> dict[str, StoredState]:
-        self._refresh_if_dirty()
-        states: dict[str, StoredState] = {}
-        for index, quarantined in ((self.index, False), (self.quarantine_index, True)):
-            for source in self._scan(index, STATE_FIELDS):
-                states[source["id"]] = StoredState(quarantined=quarantined, **source)
-        return states
+        return {
+            source["id"]: StoredState(**source)
+            for source in self.backend.sources(self.name, STATE_FIELDS)
+        }
 
     @reported
-    def quarantined(self) -> list[QuarantineRecord]:
-        self._refresh_if_dirty()
-        records = [QuarantineRecord.model_validate(s) for s in self._scan(self.quarantine_index)]
-        return sorted(records, key=lambda r: r.uri)
+    def count(self, where: filters.Filter | None = None) -> int:
+        return self.backend.count(self.name, count_body(where))
 
     @reported
-    def runs(self, limit: int = 20) -> list[IngestSummary]:
-        self._refresh_if_dirty()
-        hits = self._search(self.runs_index, runs_body(limit))
-        return [run_from_source(h["_source"]) for h in hits]
+    def knn(
+        self,
+        vector: Sequence[float],
+        where: filters.Filter | None,
+        k: int,
+        documents: bool = False,
+    ) -> Ranking:
+        body = self.backend.knn_body(vector, where, k) | {"_source": _source(documents)}
+        found = self.backend.hits(self.name, body)
+        return _ranking(found, lambda h: self.backend.cosine_from_score(h["_score"]))
 
     @reported
-    def label_counts(self, min_confidence: float = 50.0, limit: int = 100) -> dict[str, int]:
-        self._refresh_if_dirty()
-        try:
-            response = plain_body(
-                self.client.search(index=self.index, body=label_counts_body(min_confidence, limit))
-            )
-        except self.not_found:
+    def bm25(
+        self, text: str, where: filters.Filter | None, k: int, documents: bool = False
+    ) -> Ranking:
+        if (scoring := text_query(text)) is None:
+            return Ranking([])
+        body = bm25_body(scoring, where, k) | {"_source": _source(documents)}
+        return _ranking(self.backend.hits(self.name, body), lambda h: float(h["_score"]))
+
+    @reported
+    def scan(self, where: filters.Filter | None, offset: int, limit: int) -> list[str]:
+        return [h["_id"] for h in self.backend.hits(self.name, scan_body(where, offset, limit))]
+
+    @reported
+    def label_counts(self, min_confidence: float, limit: int) -> dict[str, int]:
+        response = self.backend.search(self.name, label_counts_body(min_confidence, limit))
+        if response is None:
             return {}
         buckets = response["aggregations"]["labels"]["confident"]["names"]["buckets"]
         return {b["key"]: int(b["doc_count"]) for b in buckets}
 
+
+class ClusterQuarantine(QuarantineLog):
+    def __init__(self, backend: ClusterBackend) -> None:
+        self.backend = backend
+        self.name = quarantine_index(backend.alias)
+
     @reported
-    def search(self, request: SearchRequest) -> SearchResponse:
-        if not self._index_exists():
-            return SearchResponse(hits=[], total_candidates=0)
-        self._refresh_if_dirty()
-        total = self._count(self.index, count_body(request))
-        if total == 0:
-            return SearchResponse(hits=[], total_candidates=0)
-        needed = request.offset + request.k
-        if request.vector is not None:
-            hits = self._similar(request, needed)
-        elif request.text:
-            hits = [
-                self.hit(request, h, score=h["_score"], text_score=h["_score"])
-                for h in self._search(self.index, text_search_body(request, needed))
-            ]
-        else:
-            hits = [
-                self.hit(request, h, score=0.0)
-                for h in self._search(self.index, listing_body(request, needed))
-            ]
-        hits.sort(key=lambda h: (-h.score, h.id))  # deterministic order among equal scores
-        if request.min_score is not None:
-            hits = [h for h in hits if h.score >= request.min_score]
-        return SearchResponse(hits=hits[request.offset : needed], total_candidates=total)
-
-    def vector_hits(self, request: SearchRequest, raw_hits: list[dict[str, Any]]) -> list[Hit]:
-        """Hits of a kNN search, scored by cosine similarity."""
-        hits = []
-        for raw in raw_hits:
-            cosine = self.cosine_from_score(raw["_score"])
-            hits.append(self.hit(request, raw, score=cosine, vector_score=cosine))
-        return hits
-
-    def fused_hits(self, request: SearchRequest, raw_hits: list[dict[str, Any]]) -> list[Hit]:
-        """Hits of a hybrid search fused by the cluster, with their vector and text components
-        fetched for these ids only (the fused score alone does not say why a hit matched)."""
-        ids = [h["_id"] for h in raw_hits]
-        vector_scores = self.vector_scores(request, ids)
-        text_scores = self.text_scores(request, ids)
-        return [
-            self.hit(
-                request,
-                h,
-                score=h["_score"],
-                vector_score=vector_scores.get(h["_id"]),
-                text_score=text_scores.get(h["_id"]),
+    def add(self, records: Sequence[QuarantineRecord]) -> None:
+        if records:
+            self.backend.ensure_log(self.name)
+            self.backend.bulk(
+                [index_action(self.name, r.id, to_source(r, QUARANTINE_FIELDS)) for r in records]
             )
-            for h in raw_hits
-        ]
 
-    def client_fused_hits(self, request: SearchRequest, size: int) -> list[Hit]:
-        """Hybrid hits fused here: the vector and the text search run separately and ``fuse``
-        combines them with the embedded store's formulas (where the cluster cannot fuse)."""
-        vector_raw = self._search(self.index, self.vector_body(request, size))
-        text_raw = self._search(self.index, text_search_body(request, size))
-        vector_scores = {h["_id"]: self.cosine_from_score(h["_score"]) for h in vector_raw}
-        text_scores = {h["_id"]: float(h["_score"]) for h in text_raw}
-        raw = {h["_id"]: h for h in [*text_raw, *vector_raw]}
-        fused = fuse(request, list(vector_scores.items()), list(text_scores.items()))
-        return [
-            self.hit(
-                request,
-                raw[asset_id],
-                score=score,
-                vector_score=vector_scores.get(asset_id),
-                text_score=text_scores.get(asset_id),
-            )
-            for asset_id, score in fused[:size]
-        ]
+    @reported
+    def remove(self, ids: Sequence[str]) -> None:
+        if ids:
+            self.backend.ensure_log(self.name)
+            self.backend.bulk([delete_action(self.name, i) for i in ids])
 
-    def vector_scores(self, request: SearchRequest, ids: Sequence[str]) -> dict[str, float]:
-        """Cosine similarity of the given hits to the query vector."""
-        if not ids:
-            return {}
-        return {
-            h["_id"]: self.cosine_from_score(h["_score"])
-            for h in self._search(self.index, self.ids_vector_body(request, ids))
-        }
-
-    def text_scores(self, request: SearchRequest, ids: Sequence[str]) -> dict[str, float]:
-        """BM25 of the given hits for the request's text: the text component of hybrid hits."""
-        if not ids or not request.text:
-            return {}
-        return {
-            h["_id"]: float(h["_score"])
-            for h in self._search(self.index, ids_text_body(request, ids))
-        }
-
-    @staticmethod
-    def hit(
-        request: SearchRequest,
-        raw: dict[str, Any],
-        *,
-        score: float,
-        vector_score: float | None = None,
-        text_score: float | None = None,
-    ) -> Hit:
-        doc = from_source(raw["_source"])
-        wanted = {f.name.casefold() for f in [*request.labels_all, *request.labels_any]}
-        return Hit(
-            id=doc.id,
-            score=float(score),
-            vector_score=vector_score,
-            text_score=None if text_score is None else float(text_score),
-            matched_labels=[lab for lab in doc.labels if lab.name.casefold() in wanted],
-            document=doc,
-        )
+    @reported
+    def records(self) -> list[QuarantineRecord]:
+        records = [from_source(s, QuarantineRecord) for s in self.backend.sources(self.name)]
+        return sorted(records, key=lambda r: r.uri)
 
 
-def plain_body(response: Any) -> Any:
-    """The JSON body of a response: Elasticsearch's client wraps it (``.body``), OpenSearch's
-    returns it as is."""
-    return getattr(response, "body", response)
+class ClusterRunLog(RunLog):
+    def __init__(self, backend: ClusterBackend) -> None:
+        self.backend = backend
+        self.name = runs_index(backend.alias)
+
+    @reported
+    def record(self, entry: IngestSummary | AliasSwitch) -> None:
+        self.backend.ensure_log(self.name)
+        self.backend.bulk([index_action(self.name, entry.run_id, to_source(entry, RUN_FIELDS))])
+
+    @reported
+    def runs(self, limit: int = 20) -> list[IngestSummary]:
+        found = self.backend.hits(self.name, runs_body("ingest", limit))
+        return [from_source(h["_source"], IngestSummary) for h in found]
+
+    @reported
+    def switches(self, limit: int = 20) -> list[AliasSwitch]:
+        found = self.backend.hits(self.name, runs_body("switch", limit))
+        return [from_source(h["_source"], AliasSwitch) for h in found]
 
 
-def mapping_files(settings: Settings, dim: int) -> dict[str, dict[str, Any]]:
-    """The JSON files of ``mappings/`` (file name -> body) for these settings and dimension:
-    what ``lookalike index export`` writes and ``lookalike index apply`` puts."""
-    from pipeline.store import elasticsearch, opensearch
+def _source(documents: bool) -> Any:
+    """The ``_source`` option of a ranking: nothing, or the documents without their vector."""
+    return {"excludes": ["embedding"]} if documents else False
 
-    base = settings.table
-    return {
-        "opensearch-template-assets.json": opensearch.asset_template(base, dim, settings),
-        "elasticsearch-template-assets.json": elasticsearch.asset_template(base, dim, settings),
-        "template-quarantine.json": quarantine_template(base),
-        "template-runs.json": runs_template(base),
-        "opensearch-pipeline-hybrid-rrf.json": opensearch.rrf_pipeline(),
-        "opensearch-pipeline-hybrid-linear.json": opensearch.linear_pipeline(),
-    }
+
+def _ranking(hits: list[dict[str, Any]], score: Callable[[dict[str, Any]], float]) -> Ranking:
+    """Best first, ties by id (the clusters order equal scores by internal document number)."""
+    scored = sorted(((h["_id"], score(h)) for h in hits), key=lambda pair: (-pair[1], pair[0]))
+    docs = {h["_id"]: from_source(h["_source"], AssetDocument) for h in hits if "_source" in h}
+    return Ranking(scored, docs)

@@ -2,112 +2,126 @@
 
 Design notes (measured in ``../shared/notes/environment.md`` and ``benchmarks/``):
 
-* Upserts use ``merge_insert("id")`` so re-ingesting never duplicates an id.
-* Vectors are L2-normalised and searched with the cosine distance; ``score = 1 - distance``.
-* Below ``ann_min_rows`` rows there is no ANN index at all (exact search is fast there);
-  above it ``optimize()`` builds IVF_SQ (sqrt(n) partitions), queried with ``refine_factor``
-  and ``nprobes_fraction`` of the partitions (at least ``nprobes``).
-* A filtered vector search first counts the rows passing the filter; when at most
-  ``exact_search_max_rows`` pass, it bypasses the ANN index and ranks them exactly, so a
-  selective filter can never return fewer than k hits or silently lose recall.
-* LanceDB filters cannot look inside a list of ``{name, confidence}`` structs, so every label
-  is also stored as a ``"name:floor(confidence)"`` key; "label X with confidence >= c" becomes
-  ``array_has_any(label_keys, ['x:c', ..., 'x:100'])`` and the exact confidence is re-checked.
-* Text search uses LanceDB's full-text index over one ``text`` column (title, description,
-  keywords); hybrid search fuses the vector and text rankings with RRF or a weighted sum.
+* Tables are laid out from the field tables (``pipeline/document.py``): one per model version
+  (``assets__mobilenet_v2_imagenet_1``), one quarantine log and one run log per base name. The
+  alias is a small JSON file replaced atomically.
+* Upserts use ``merge_insert("id")`` so re-ingesting never duplicates an id. Vectors are
+  L2-normalised and searched with the cosine distance; ``score = 1 - distance``.
+* Below ``ann_min_rows`` rows there is no ANN index at all (exact search is fast there); above
+  it ``optimize()`` builds IVF_SQ (sqrt(n) partitions), queried with ``refine_factor`` and
+  ``nprobes_fraction`` of the partitions (at least ``nprobes``). A filtered search whose filter
+  passes at most ``exact_search_max_rows`` rows bypasses the ANN index and ranks them exactly,
+  as does one where the index found fewer than ``k``: a selective filter never loses recall.
+* LanceDB filters cannot look inside a list of ``{name, confidence}`` structs, so every label is
+  also a ``name:whole-percent`` keyword (``label_keys``). "Label X with confidence >= c" is
+  ``array_has_any`` over the buckets above ``c``, plus the ids of the documents in ``c``'s own
+  bucket whose exact confidence passes (looked up when ``c`` has decimals): the predicate is
+  exact, so counts are too.
+* Text search is LanceDB's full-text index (with positions, so phrases work) over one ``text``
+  column: title, description and keywords.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
 from collections.abc import Sequence
-from datetime import UTC, timedelta
-from pathlib import Path
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from lancedb.index import FTS, IvfSq, LabelList
+from lancedb.index import FTS, BTree, IvfSq, LabelList
+from pydantic import BaseModel
 
+from pipeline import filters
 from pipeline.document import (
+    ASSET_FIELDS,
+    QUARANTINE_FIELDS,
+    RUN_FIELDS,
+    AliasSwitch,
     AssetDocument,
+    FieldSpec,
     IngestSummary,
     Label,
     QuarantineRecord,
     StoredState,
+    field,
+    fields_for,
+    label_key,
 )
 from pipeline.settings import Settings
 from pipeline.store.base import (
+    Backend,
     BulkFailure,
     BulkWriteError,
-    Hit,
+    DocumentIndex,
+    IndexCatalogue,
     IndexInfo,
-    LabelFilter,
-    SearchRequest,
-    SearchResponse,
-    Store,
+    QuarantineLog,
+    Ranking,
+    RunLog,
 )
 
-QUARANTINE_TABLE = "quarantine"
-RUNS_TABLE = "runs"
-_STATE_COLUMNS = ["id", "uri", "sha256", "fingerprint", "size_bytes", "mtime_ns"]
+log = logging.getLogger(__name__)
 
-_LABEL_TYPE = pa.struct(
+_LABEL = pa.struct(
     [("name", pa.string()), ("confidence", pa.float64()), ("parents", pa.list_(pa.string()))]
 )
-_QUARANTINE_SCHEMA = pa.schema(
-    [
-        ("id", pa.string()),
-        ("uri", pa.string()),
-        ("sha256", pa.string()),
-        ("fingerprint", pa.string()),
-        ("size_bytes", pa.int64()),
-        ("mtime_ns", pa.int64()),
-        ("reason", pa.string()),
-        ("quarantined_at", pa.timestamp("us", tz="UTC")),
-    ]
-)
-
-_RUNS_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("started_at", pa.timestamp("us", tz="UTC")),
-        ("summary_json", pa.string()),
-    ]
-)
+ARROW_TYPES: dict[str, pa.DataType] = {
+    "keyword": pa.string(),
+    "keywords": pa.list_(pa.string()),
+    "text": pa.string(),
+    "integer": pa.int32(),
+    "long": pa.int64(),
+    "float": pa.float64(),
+    "date": pa.timestamp("us", tz="UTC"),
+    "json": pa.string(),
+    "labels": pa.list_(_LABEL),
+}
+FIELDS = fields_for(ASSET_FIELDS, "embedded")
+DOCUMENT_COLUMNS = [f.name for f in FIELDS if f.stored and f.kind != "vector"]
+"""What a document is read from, without its (large) embedding."""
+STATE_COLUMNS = ["id", "uri", "sha256", "fingerprint", "size_bytes", "mtime_ns"]
 
 
-def asset_schema(dim: int) -> pa.Schema:
+def arrow_schema(fields: Sequence[FieldSpec], dim: int | None = None) -> pa.Schema:
+    """The Arrow schema of a table of ``fields`` (vectors of ``dim`` float32)."""
     return pa.schema(
         [
-            ("id", pa.string()),
-            ("uri", pa.string()),
-            ("sha256", pa.string()),
-            ("fingerprint", pa.string()),
-            ("size_bytes", pa.int64()),
-            ("mtime_ns", pa.int64()),
-            ("width", pa.int32()),
-            ("height", pa.int32()),
-            ("format", pa.string()),
-            ("title", pa.string()),
-            ("description", pa.string()),
-            ("keywords", pa.list_(pa.string())),
-            ("metadata_json", pa.string()),
-            ("metadata_kv", pa.list_(pa.string())),
-            ("labels", pa.list_(_LABEL_TYPE)),
-            ("label_keys", pa.list_(pa.string())),
-            ("text", pa.string()),
-            ("vector", pa.list_(pa.float32(), dim)),
-            ("model", pa.string()),
-            ("model_version", pa.string()),
-            ("ingested_at", pa.timestamp("us", tz="UTC")),
+            (f.name, pa.list_(pa.float32(), dim) if f.kind == "vector" else ARROW_TYPES[f.kind])
+            for f in fields
         ]
     )
+
+
+def to_row(record: BaseModel, fields: Sequence[FieldSpec]) -> dict[str, Any]:
+    """One table row: the record's fields as the schema types them, plus the derived ones."""
+    values = record.model_dump()
+    row = {}
+    for spec in fields:
+        value = spec.derive(record) if spec.derive else values.get(spec.name)
+        if spec.kind == "json":
+            value = json.dumps(value, sort_keys=True, default=str)
+        elif spec.kind == "date" and value is not None:
+            value = value.astimezone(UTC)
+        row[spec.name] = value
+    return row
+
+
+def from_row(row: dict[str, Any], fields: Sequence[FieldSpec]) -> dict[str, Any]:
+    """The record's fields of one row (the derived ones left out)."""
+    values = {}
+    for spec in fields:
+        if spec.stored and spec.name in row:
+            value = row[spec.name]
+            values[spec.name] = json.loads(value) if spec.kind == "json" and value else value
+    return values
 
 
 def table_name(base: str, model_id: str) -> str:
@@ -115,99 +129,158 @@ def table_name(base: str, model_id: str) -> str:
     return f"{base}__{re.sub(r'[^A-Za-z0-9]+', '_', model_id).strip('_').lower()}"
 
 
-class EmbeddedStore(Store):
-    """A ``Store`` on LanceDB under ``settings.store_dir`` (safe for concurrent readers).
+class EmbeddedBackend(Backend):
+    """The LanceDB store under ``settings.store_dir`` (safe for concurrent readers)."""
 
-    The alias is a small JSON file (``aliases.json``) replaced atomically with ``os.replace``:
-    a reader sees the old or the new target, never a half-written file.
-    """
-
-    def __init__(self, settings: Settings, model_id: str) -> None:
+    def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self.model_id = model_id
-        self.path = settings.store_dir
-        self.path.mkdir(parents=True, exist_ok=True)
+        settings.store_dir.mkdir(parents=True, exist_ok=True)
         # Interval 0: every query sees the latest committed version, so a long-running API
         # process notices ingests made by the CLI or Airflow without a restart.
-        self.db = lancedb.connect(self.path, read_consistency_interval=timedelta(0))
-        self.table_name = table_name(settings.table, model_id)
-        self._table: lancedb.table.Table | None = None
-        # Shared by every model version: both are about files and runs, not vectors.
-        self._quarantine = self._open_or_create(
-            f"{settings.table}__{QUARANTINE_TABLE}", _QUARANTINE_SCHEMA
-        )
-        self._runs = self._open_or_create(f"{settings.table}__{RUNS_TABLE}", _RUNS_SCHEMA)
+        self.db = lancedb.connect(settings.store_dir, read_consistency_interval=timedelta(0))
+        self.catalogue = EmbeddedCatalogue(self)
+        self.quarantine = EmbeddedQuarantine(self)
+        self.runs = EmbeddedRunLog(self)
 
-    # -- alias ---------------------------------------------------------------------------------
+    def index(self, model_id: str) -> EmbeddedIndex:
+        return EmbeddedIndex(self, model_id)
 
-    @property
-    def _alias_file(self) -> Path:
-        return self.path / "aliases.json"
+    def open_table(self, name: str) -> lancedb.table.Table | None:
+        try:
+            return self.db.open_table(name)
+        except ValueError:  # not created yet
+            return None
+
+    def open_or_create(self, name: str, schema: pa.Schema) -> lancedb.table.Table:
+        return self.open_table(name) or self.db.create_table(name, schema=schema, exist_ok=True)
+
+
+# -- the alias ----------------------------------------------------------------------------------
+
+
+class EmbeddedCatalogue(IndexCatalogue):
+    """Tables per model version; the alias is ``aliases.json``, replaced with ``os.replace`` so
+    a reader sees the old or the new target, never a half-written file."""
+
+    def __init__(self, backend: EmbeddedBackend) -> None:
+        self.backend = backend
+        self.base = backend.settings.table
+        self.path = backend.settings.store_dir / "aliases.json"
 
     def _aliases(self) -> dict[str, dict[str, str]]:
         try:
-            return json.loads(self._alias_file.read_text())
+            return json.loads(self.path.read_text())
         except FileNotFoundError:
             return {}
 
-    def active_model(self) -> str | None:
-        entry = self._aliases().get(self.settings.table)
+    def active(self) -> str | None:
+        entry = self._aliases().get(self.base)
         return entry["model"] if entry else None
 
-    def activate(self) -> str | None:
+    def switch(self, model_id: str) -> str | None:
+        name = table_name(self.base, model_id)
+        if self.backend.open_table(name) is None:
+            raise ValueError(f"no index for {model_id}: ingest with it first")
         aliases = self._aliases()
-        previous = aliases.get(self.settings.table, {}).get("model")
-        aliases[self.settings.table] = {"model": self.model_id, "table": self.table_name}
-        tmp = self._alias_file.with_suffix(f".{os.getpid()}.tmp")
+        previous = aliases.get(self.base, {}).get("model")
+        aliases[self.base] = {"model": model_id, "table": name}
+        tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(aliases, indent=2, sort_keys=True))
-        os.replace(tmp, self._alias_file)
+        os.replace(tmp, self.path)
         return previous
 
     def indexes(self) -> list[IndexInfo]:
-        active = self.active_model()
-        prefix = f"{self.settings.table}__"
+        active = self.active()
         infos = []
-        for name in self.db.list_tables(limit=1000).tables:
-            table = self.db.open_table(name)
-            if not name.startswith(prefix) or "vector" not in table.schema.names:
+        for name in self.backend.db.list_tables(limit=1000).tables:
+            if not name.startswith(f"{self.base}__"):
                 continue
+            table = self.backend.db.open_table(name)
             model = (table.schema.metadata or {}).get(b"model_id", b"").decode()
-            infos.append(
-                IndexInfo(
-                    model_id=model, name=name, count=table.count_rows(), active=model == active
-                )
-            )
+            if model:
+                count = table.count_rows()
+                infos.append(IndexInfo(model, name, count, model == active))
         return infos
 
-    # -- lifecycle ---------------------------------------------------------------------------
 
-    def _open_or_create(self, name: str, schema: pa.Schema) -> lancedb.table.Table:
-        try:
-            return self.db.open_table(name)
-        except ValueError:
-            return self.db.create_table(name, schema=schema, exist_ok=True)
+# -- documents ----------------------------------------------------------------------------------
+
+
+class EmbeddedIndex(DocumentIndex):
+    """One model version's table (see the module docstring)."""
+
+    def __init__(self, backend: EmbeddedBackend, model_id: str) -> None:
+        self.backend = backend
+        self.settings = backend.settings
+        self.model_id = model_id
+        self.name = table_name(self.settings.table, model_id)
+        self._table: lancedb.table.Table | None = None
 
     @property
     def table(self) -> lancedb.table.Table | None:
         if self._table is None:
-            try:
-                self._table = self.db.open_table(self.table_name)
-            except ValueError:  # not created yet: nothing ingested with this model
-                return None
+            self._table = self.backend.open_table(self.name)
+            if self._table is not None and "vector" in self._table.schema.names:
+                self._migrate(self._table)
         return self._table
+
+    def _migrate(self, table: lancedb.table.Table) -> None:
+        """Tables written by Lookalike 0.1 name two columns differently and have a full-text
+        index without positions (phrases failed): rename, and build the indexes again."""
+        log.warning("upgrading the table %s to the current layout", self.name)
+        for index in table.list_indices():
+            table.drop_index(index.name)
+        table.alter_columns(
+            {"path": "vector", "rename": "embedding"},
+            {"path": "metadata_json", "rename": "metadata"},
+        )
+        self.optimize()
+
+    def exists(self) -> bool:
+        return self.table is not None
 
     def ensure(self, dim: int) -> None:
         if self.table is None:
-            schema = asset_schema(dim).with_metadata({"model_id": self.model_id})
-            self._table = self.db.create_table(self.table_name, schema=schema, exist_ok=True)
-        existing = self._table.schema.field("vector").type.list_size
+            schema = arrow_schema(FIELDS, dim).with_metadata({"model_id": self.model_id})
+            self._table = self.backend.db.create_table(self.name, schema=schema, exist_ok=True)
+        existing = self._table.schema.field("embedding").type.list_size
         if existing != dim:
             raise ValueError(
-                f"table {self.table_name!r} holds {existing}-d vectors, the model gives {dim}-d; "
+                f"table {self.name!r} holds {existing}-d vectors, the model gives {dim}-d; "
                 "use a new table (model version) instead of mixing them"
             )
 
-    # -- writes ------------------------------------------------------------------------------
+    def optimize(self) -> None:
+        """Build whatever index is missing (the full-text index, scalar indexes for filters,
+        IVF once the table is large), fold new rows into existing ones and compact. Cheap when
+        all is built and nothing was written, so every run can call it: a run killed before
+        this step is repaired by the next one."""
+        table = self.table
+        if table is None or table.count_rows() == 0:
+            return
+        indexed = {tuple(i.columns) for i in table.list_indices()}
+        if ("text",) not in indexed:
+            table.create_index("text", config=FTS(with_position=True))
+        for spec in FIELDS:
+            if spec.filterable and (spec.name,) not in indexed:
+                scalar = LabelList() if spec.kind == "keywords" else BTree()
+                table.create_index(spec.name, config=scalar)
+        rows = table.count_rows()
+        if ("embedding",) not in indexed and rows >= self.settings.ann_min_rows:
+            table.create_index(
+                "embedding",
+                config=IvfSq(distance_type="cosine", num_partitions=self._partitions(rows)),
+            )
+        if any(table.index_stats(i.name).num_unindexed_rows for i in table.list_indices()):
+            # Folds the new rows into the indexes and compacts; keeps recent versions for
+            # readers. Only then: LanceDB writes a new version even when there is nothing to do.
+            table.optimize(cleanup_older_than=timedelta(hours=1))
+
+    @staticmethod
+    def _partitions(rows: int) -> int:
+        return max(1, int(math.sqrt(rows)))
+
+    # -- writes --------------------------------------------------------------------------------
 
     def upsert(self, docs: Sequence[AssetDocument]) -> int:
         if not docs:
@@ -216,23 +289,17 @@ class EmbeddedStore(Store):
             raise ValueError("documents must carry their embedding to be indexed")
         if self.table is None:
             self.ensure(len(docs[0].embedding or ()))
-        dim = self._table.schema.field("vector").type.list_size
+        dim = self._table.schema.field("embedding").type.list_size
         good = [d for d in docs if len(d.embedding or ()) == dim]
         if good:
-            rows = pa.Table.from_pylist([_to_row(d) for d in good], schema=self._table.schema)
-            (
-                self._table.merge_insert("id")
-                .when_matched_update_all()
-                .when_not_matched_insert_all()
-                .execute(rows)
-            )
-            self._quarantine.delete(_in_list("id", [d.id for d in good]))
+            rows = [to_row(d, FIELDS) for d in good]
+            _merge(self._table, pa.Table.from_pylist(rows, schema=self._table.schema))
         if len(good) < len(docs):  # refused per document, as a cluster's mapping does
             raise BulkWriteError(
                 [
                     BulkFailure(
                         "index",
-                        self.table_name,
+                        self.name,
                         d.id,
                         400,
                         f"vector of {len(d.embedding or ())} dimensions, the index holds {dim}",
@@ -245,85 +312,102 @@ class EmbeddedStore(Store):
         return len(good)
 
     def delete(self, ids: Sequence[str]) -> int:
-        if not ids:
-            return 0
-        where = _in_list("id", ids)
-        if self.table is not None:
-            self.table.delete(where)
-        self._quarantine.delete(where)
+        if ids and self.table is not None:
+            self.table.delete(_in_list("id", ids))
         return len(ids)
-
-    def quarantine(self, records: Sequence[QuarantineRecord]) -> None:
-        if not records:
-            return
-        rows = pa.Table.from_pylist([r.model_dump() for r in records], schema=_QUARANTINE_SCHEMA)
-        (
-            self._quarantine.merge_insert("id")
-            .when_matched_update_all()
-            .when_not_matched_insert_all()
-            .execute(rows)
-        )
-        if self.table is not None:
-            self.table.delete(_in_list("id", [r.id for r in records]))
-
-    def optimize(self) -> None:
-        """Compact files and build or refresh the indexes a large table needs."""
-        table = self.table
-        if table is None or table.count_rows() == 0:
-            return
-        indexed = {tuple(i.columns): i.index_type for i in table.list_indices()}
-        if ("text",) not in indexed:
-            table.create_index("text", config=FTS())
-        for column in ("label_keys", "metadata_kv"):  # serve array_has_any filters
-            if (column,) not in indexed:
-                table.create_index(column, config=LabelList())
-        rows = table.count_rows()
-        if ("vector",) not in indexed and rows >= self.settings.ann_min_rows:
-            table.create_index(
-                "vector",
-                config=IvfSq(distance_type="cosine", num_partitions=max(1, int(math.sqrt(rows)))),
-            )
-        # Folds new rows into existing indexes and compacts; keeps recent versions for readers.
-        table.optimize(cleanup_older_than=timedelta(hours=1))
-
-    def record_run(self, summary: IngestSummary) -> None:
-        row = {
-            "run_id": summary.run_id,
-            "started_at": summary.started_at.astimezone(UTC),
-            "summary_json": summary.model_dump_json(),
-        }
-        self._runs.merge_insert(
-            "run_id"
-        ).when_matched_update_all().when_not_matched_insert_all().execute(
-            pa.Table.from_pylist([row], schema=_RUNS_SCHEMA)
-        )
-
-    def runs(self, limit: int = 20) -> list[IngestSummary]:
-        rows = self._runs.search().limit(None).to_arrow().to_pylist()
-        rows.sort(key=lambda r: r["started_at"], reverse=True)
-        return [IngestSummary.model_validate_json(r["summary_json"]) for r in rows[:limit]]
 
     # -- reads -------------------------------------------------------------------------------
 
-    def count(self) -> int:
-        return 0 if self.table is None else self.table.count_rows()
-
-    def get(self, asset_id: str, with_embedding: bool = True) -> AssetDocument | None:
-        if self.table is None:
-            return None
-        rows = self.table.search().where(_in_list("id", [asset_id])).limit(1).to_list()
-        return _from_row(rows[0], with_embedding) if rows else None
+    def get(self, ids: Sequence[str], with_embedding: bool = False) -> dict[str, AssetDocument]:
+        if not ids or self.table is None:
+            return {}
+        columns = [*DOCUMENT_COLUMNS, "embedding"] if with_embedding else DOCUMENT_COLUMNS
+        rows = (
+            self.table.search()
+            .where(_in_list("id", ids))
+            .select(columns)
+            .limit(len(ids))
+            .to_arrow()
+            .to_pylist()
+        )
+        return {row["id"]: _document(row) for row in rows}
 
     def states(self) -> dict[str, StoredState]:
-        states: dict[str, StoredState] = {}
-        for table, quarantined in ((self.table, False), (self._quarantine, True)):
-            if table is None:
-                continue
-            for row in table.search().select(_STATE_COLUMNS).limit(None).to_arrow().to_pylist():
-                states[row["id"]] = StoredState(quarantined=quarantined, **row)
-        return states
+        if self.table is None:
+            return {}
+        rows = self.table.search().select(STATE_COLUMNS).limit(None).to_arrow().to_pylist()
+        return {row["id"]: StoredState(**row) for row in rows}
 
-    def label_counts(self, min_confidence: float = 50.0, limit: int = 100) -> dict[str, int]:
+    def count(self, where: filters.Filter | None = None) -> int:
+        if self.table is None:
+            return 0
+        sql = self.sql(where)
+        return self.table.count_rows(sql) if sql else self.table.count_rows()
+
+    def knn(
+        self,
+        vector: Sequence[float],
+        where: filters.Filter | None,
+        k: int,
+        documents: bool = False,
+    ) -> Ranking:
+        table = self.table
+        if table is None:
+            return Ranking([])
+        sql = self.sql(where)
+        query = (
+            table.search(np.asarray(vector, dtype=np.float32), vector_column_name="embedding")
+            .distance_type("cosine")
+            .select([*(DOCUMENT_COLUMNS if documents else ["id"]), "_distance"])
+            .limit(k)
+        )
+        if sql:
+            query = query.where(sql, prefilter=True)
+        if any(i.columns == ["embedding"] for i in table.list_indices()):
+            rows = table.count_rows()
+            passing = table.count_rows(sql) if sql else rows
+            if passing <= self.settings.exact_search_max_rows:
+                query = query.bypass_vector_index()
+            else:
+                probes = max(
+                    self.settings.nprobes,
+                    math.ceil(self.settings.nprobes_fraction * self._partitions(rows)),
+                )
+                query = query.nprobes(probes).refine_factor(self.settings.refine_factor)
+            found = query.to_list()
+            if len(found) < min(k, passing):
+                # The ANN index missed matches a selective filter let through: rank exactly.
+                found = query.bypass_vector_index().to_list()
+        else:
+            found = query.to_list()
+        return _ranking(found, lambda r: 1.0 - float(r["_distance"]), documents)
+
+    def bm25(
+        self, text: str, where: filters.Filter | None, k: int, documents: bool = False
+    ) -> Ranking:
+        table = self.table
+        query_text = lance_text(text)
+        if table is None or not query_text:
+            return Ranking([])
+        sql = self.sql(where)
+        query = (
+            table.search(query_text, query_type="fts", fts_columns="text")
+            .select([*(DOCUMENT_COLUMNS if documents else ["id"]), "_score"])
+            .limit(k)
+        )
+        if sql:
+            query = query.where(sql, prefilter=True)
+        return _ranking(query.to_list(), lambda r: float(r["_score"]), documents)
+
+    def scan(self, where: filters.Filter | None, offset: int, limit: int) -> list[str]:
+        if self.table is None:
+            return []
+        query = self.table.search().select(["id"]).offset(offset).limit(limit)
+        if sql := self.sql(where):
+            query = query.where(sql)
+        return [row["id"] for row in query.to_arrow().to_pylist()]
+
+    def label_counts(self, min_confidence: float, limit: int) -> dict[str, int]:
         if self.table is None:
             return {}
         labels = self.table.search().select(["labels"]).limit(None).to_arrow()["labels"]
@@ -338,191 +422,194 @@ class EmbeddedStore(Store):
         )
         return dict(counts[:limit])
 
-    def quarantined(self) -> list[QuarantineRecord]:
-        rows = self._quarantine.search().limit(None).to_arrow().to_pylist()
-        return sorted((QuarantineRecord(**r) for r in rows), key=lambda r: r.uri)
+    # -- filters ---------------------------------------------------------------------------------
 
-    def search(self, request: SearchRequest) -> SearchResponse:
-        table = self.table
-        if table is None or table.count_rows() == 0:
-            return SearchResponse(hits=[], total_candidates=0)
-        where = _where(request)
-        total = table.count_rows(where) if where else table.count_rows()
-        needed = request.offset + request.k
-        exact_labels = _needs_label_recheck(request)
-        fetch = needed * 2 if exact_labels else needed
-        while True:
-            vector_rows = (
-                self._vector(table, request, where, fetch, total) if request.vector else []
-            )
-            text_rows = self._text(table, request, where, fetch) if request.text else []
-            if request.vector is None and request.text is None:
-                vector_rows = (
-                    table.search().where(where).limit(fetch).to_list()
-                    if where
-                    else (table.search().limit(fetch).to_list())
-                )
-            hits = _fuse(request, vector_rows, text_rows)
-            if exact_labels:
-                hits = [h for h in hits if request.label_filters_match(h.document.labels)]
-            exhausted = max(len(vector_rows), len(text_rows)) < fetch or fetch >= total
-            if len(hits) >= needed or exhausted:
-                break
-            fetch *= 4
-        if request.min_score is not None:
-            hits = [h for h in hits if h.score >= request.min_score]
-        return SearchResponse(hits=hits[request.offset : needed], total_candidates=total)
+    def sql(self, node: filters.Filter | None) -> str | None:
+        """The filter tree as a LanceDB SQL predicate (``None``: no filter)."""
+        match node:
+            case None:
+                return None
+            case filters.Term(name, values) if name.startswith(filters.METADATA_PREFIX):
+                key = name.removeprefix(filters.METADATA_PREFIX)
+                return _has_any("metadata_kv", [f"{key}={v}" for v in values])
+            case filters.Term(name, values):
+                spec = _filterable(name)
+                if spec.kind == "keywords":
+                    return _has_any(name, values)
+                return _in_list(name, values)
+            case filters.Range(name, gte, gt, lte, lt):
+                spec = _filterable(name)
+                bounds = [(">=", gte), (">", gt), ("<=", lte), ("<", lt)]
+                parts = [_bound(spec, name, op, v) for op, v in bounds if v is not None]
+                return "(" + " AND ".join(parts or ["true"]) + ")"
+            case filters.HasLabel():
+                return self._label_sql(node)
+            case filters.And(items):
+                return "(" + " AND ".join(self.sql(i) or "true" for i in items) + ")"
+            case filters.Or(items):
+                return "(" + " OR ".join(self.sql(i) or "true" for i in items) + ")"
+            case filters.Not(item):
+                return f"NOT ({self.sql(item) or 'true'})"
+        raise TypeError(f"not a filter node: {node!r}")
 
-    def _vector(
-        self, table: Any, request: SearchRequest, where: str | None, limit: int, total: int
-    ) -> list[dict[str, Any]]:
-        query = (
-            table.search(np.asarray(request.vector, dtype=np.float32), vector_column_name="vector")
-            .distance_type("cosine")
-            .limit(limit)
-        )
-        if where:
-            query = query.where(where, prefilter=True)
-        has_ann = any(i.columns == ["vector"] for i in table.list_indices())
-        if has_ann and total <= self.settings.exact_search_max_rows:
-            query = query.bypass_vector_index()
-        elif has_ann:
-            partitions = max(1, int(math.sqrt(table.count_rows())))  # as optimize() builds it
-            probes = max(
-                self.settings.nprobes, math.ceil(self.settings.nprobes_fraction * partitions)
-            )
-            query = query.nprobes(probes).refine_factor(self.settings.refine_factor)
-        rows = query.to_list()
-        if has_ann and len(rows) < min(limit, total):
-            # The ANN index missed matches a selective filter let through: rank exactly instead.
-            rows = query.bypass_vector_index().to_list()
-        return rows
-
-    @staticmethod
-    def _text(table: Any, request: SearchRequest, where: str | None, limit: int) -> list[dict]:
-        query = table.search(request.text, query_type="fts", fts_columns="text").limit(limit)
-        if where:
-            query = query.where(where, prefilter=True)
-        return query.to_list()
+    def _label_sql(self, node: filters.HasLabel) -> str:
+        """Exact: the whole-percent buckets above the threshold, and the documents of the
+        threshold's own bucket whose confidence passes (looked up when it has decimals)."""
+        threshold = node.min_confidence
+        first = math.ceil(threshold)
+        above = [label_key(node.name, b) for b in range(first, 101)]
+        clause = _has_any("label_keys", above) if above else "false"
+        if threshold == first or self.table is None:
+            return clause
+        boundary = _has_any("label_keys", [label_key(node.name, math.floor(threshold))])
+        rows = self.table.search().where(boundary).select(["id", "labels"]).limit(None)
+        passing = [
+            r["id"]
+            for r in rows.to_arrow().to_pylist()
+            if node.matches([Label(**lab) for lab in r["labels"]])
+        ]
+        return f"({clause} OR {_in_list('id', passing)})" if passing else clause
 
 
-# -- row conversion ----------------------------------------------------------------------------
+# -- the logs ----------------------------------------------------------------------------------
 
 
-def _to_row(doc: AssetDocument) -> dict[str, Any]:
-    return {
-        **doc.model_dump(exclude={"labels", "metadata", "embedding"}),
-        "metadata_json": json.dumps(doc.metadata, sort_keys=True),
-        "metadata_kv": [f"{k}={v}" for k, v in sorted(doc.metadata.items())],
-        "labels": [lab.model_dump() for lab in doc.labels],
-        "label_keys": [_label_key(lab.name, lab.confidence) for lab in doc.labels],
-        "text": "\n".join(filter(None, [doc.title, doc.description, " ".join(doc.keywords)])),
-        "vector": doc.embedding,
-        "ingested_at": doc.ingested_at.astimezone(UTC),
-    }
+class EmbeddedQuarantine(QuarantineLog):
+    def __init__(self, backend: EmbeddedBackend) -> None:
+        name = f"{backend.settings.table}__quarantine"
+        self.table = backend.open_or_create(name, arrow_schema(QUARANTINE_FIELDS))
+
+    def add(self, records: Sequence[QuarantineRecord]) -> None:
+        if records:
+            rows = [to_row(r, QUARANTINE_FIELDS) for r in records]
+            _merge(self.table, pa.Table.from_pylist(rows, schema=self.table.schema))
+
+    def remove(self, ids: Sequence[str]) -> None:
+        if ids:
+            self.table.delete(_in_list("id", ids))
+
+    def records(self) -> list[QuarantineRecord]:
+        rows = self.table.search().limit(None).to_arrow().to_pylist()
+        records = [QuarantineRecord(**from_row(r, QUARANTINE_FIELDS)) for r in rows]
+        return sorted(records, key=lambda r: r.uri)
 
 
-def _from_row(row: dict[str, Any], with_embedding: bool = False) -> AssetDocument:
-    return AssetDocument(
-        **{
-            k: row[k]
-            for k in AssetDocument.model_fields
-            if k in row and k not in ("labels", "metadata", "embedding")
-        },
-        labels=[Label(**lab) for lab in row.get("labels") or []],
-        metadata=json.loads(row.get("metadata_json") or "{}"),
-        embedding=list(row["vector"]) if with_embedding and row.get("vector") is not None else None,
+class EmbeddedRunLog(RunLog):
+    def __init__(self, backend: EmbeddedBackend) -> None:
+        name = f"{backend.settings.table}__runs"
+        legacy: list[IngestSummary | AliasSwitch] = []
+        old = backend.open_table(name)
+        if old is not None and "summary_json" in old.schema.names:  # Lookalike 0.1's layout
+            rows = old.to_arrow().to_pylist()
+            legacy = [_upgrade_run(json.loads(row["summary_json"])) for row in rows]
+            backend.db.drop_table(name)
+        self.table = backend.open_or_create(name, arrow_schema(RUN_FIELDS))
+        if legacy:
+            rows = [to_row(entry, RUN_FIELDS) for entry in legacy]
+            _merge(self.table, pa.Table.from_pylist(rows, schema=self.table.schema), "run_id")
+
+    def record(self, entry: IngestSummary | AliasSwitch) -> None:
+        row = to_row(entry, RUN_FIELDS)
+        _merge(self.table, pa.Table.from_pylist([row], schema=self.table.schema), key="run_id")
+
+    def _recent(self, kind: str, limit: int) -> list[dict[str, Any]]:
+        rows = self.table.search().where(f"kind = '{kind}'").limit(None).to_arrow().to_pylist()
+        rows.sort(key=lambda r: r["started_at"], reverse=True)
+        return [from_row(r, RUN_FIELDS) for r in rows[:limit]]
+
+    def runs(self, limit: int = 20) -> list[IngestSummary]:
+        return [_model(IngestSummary, values) for values in self._recent("ingest", limit)]
+
+    def switches(self, limit: int = 20) -> list[AliasSwitch]:
+        return [_model(AliasSwitch, values) for values in self._recent("switch", limit)]
+
+
+def _upgrade_run(summary: dict[str, Any]) -> IngestSummary | AliasSwitch:
+    """A run recorded by Lookalike 0.1, which kept alias switches as runs whose source was
+    ``index:<previous model>``."""
+    source = summary.get("source", "")
+    if not source.startswith("index:"):
+        return IngestSummary.model_validate(summary)
+    return AliasSwitch(
+        run_id=summary["run_id"],
+        started_at=summary["started_at"],
+        model=summary["model"],
+        previous=source.removeprefix("index:") or None,
+        trigger="rollout" if summary.get("new") else "rollback",
+        embedded=summary.get("new", 0),
+        resumed=summary.get("unchanged", 0),
+        duration_s=summary.get("duration_s", 0.0),
     )
 
 
-# -- filters -----------------------------------------------------------------------------------
+def _model(cls: type[BaseModel], values: dict[str, Any]) -> Any:
+    """A run-log row as its record type (the columns of the other kind are left out)."""
+    return cls.model_validate(
+        {k: v for k, v in values.items() if k in cls.model_fields and v is not None}
+    )
 
 
-def _label_key(name: str, confidence: float) -> str:
-    return f"{name.casefold()}:{math.floor(confidence)}"
+# -- SQL helpers -------------------------------------------------------------------------------
 
 
-def _label_clause(f: LabelFilter, *, inclusive: bool) -> str:
-    """SQL candidates for one label filter. ``inclusive`` adds the bucket that holds the
-    threshold itself when it is fractional (a superset, re-checked exactly afterwards)."""
-    low = math.floor(f.min_confidence) if inclusive else math.ceil(f.min_confidence)
-    keys = [f"{f.name.casefold()}:{b}" for b in range(low, 101)]
-    return f"array_has_any(label_keys, [{', '.join(_quote(k) for k in keys)}])"
+def _filterable(name: str) -> FieldSpec:
+    spec = field(FIELDS, name)
+    if not spec.filterable:
+        raise ValueError(f"field {name!r} cannot be filtered on")
+    return spec
 
 
-def _where(request: SearchRequest) -> str | None:
-    clauses = [_label_clause(f, inclusive=True) for f in request.labels_all]
-    if request.labels_any:
-        clauses.append(
-            "(" + " OR ".join(_label_clause(f, inclusive=True) for f in request.labels_any) + ")"
-        )
-    clauses += [f"NOT {_label_clause(f, inclusive=False)}" for f in request.labels_none]
-    for key, values in sorted(request.metadata.items()):
-        kv = ", ".join(_quote(f"{key}={v}") for v in values)
-        clauses.append(f"array_has_any(metadata_kv, [{kv}])")
-    if request.exclude_ids:
-        clauses.append(f"NOT ({_in_list('id', request.exclude_ids)})")
-    return " AND ".join(clauses) or None
+def _merge(table: Any, rows: pa.Table, key: str = "id") -> None:
+    table.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(rows)
 
 
-def _needs_label_recheck(request: SearchRequest) -> bool:
-    filters = [*request.labels_all, *request.labels_any, *request.labels_none]
-    return any(f.min_confidence != math.floor(f.min_confidence) for f in filters)
+def _document(row: dict[str, Any]) -> AssetDocument:
+    values = from_row(row, FIELDS)
+    if values.get("embedding") is not None:
+        values["embedding"] = list(values["embedding"])
+    return AssetDocument.model_validate(values)
+
+
+def _ranking(rows: list[dict[str, Any]], score: Any, documents: bool) -> Ranking:
+    """Best first, ties by id (LanceDB orders ties arbitrarily)."""
+    scored = sorted(((r["id"], score(r)) for r in rows), key=lambda pair: (-pair[1], pair[0]))
+    return Ranking(scored, {r["id"]: _document(r) for r in rows} if documents else {})
 
 
 def _quote(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
+def _bound(spec: FieldSpec, column: str, op: str, value: float | datetime) -> str:
+    """``column op value`` with the literal typed as the column is (LanceDB does not compare
+    an integer column with a fractional literal: the bound is rounded the way that keeps the
+    same integers in)."""
+    if isinstance(value, datetime):
+        stamp = value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
+        return f"{column} {op} timestamp '{stamp}'"
+    if spec.kind in ("integer", "long"):
+        if value != int(value):
+            op, value = {">=": (">=", math.ceil(value)), ">": (">=", math.ceil(value))}.get(
+                op, ("<=", math.floor(value))
+            )
+        return f"{column} {op} {int(value)}"
+    return f"{column} {op} {float(value)!r}"
+
+
 def _in_list(column: str, values: Sequence[str]) -> str:
+    if not values:
+        return "false"
     return f"{column} IN ({', '.join(_quote(v) for v in values)})"
 
 
-# -- scoring -----------------------------------------------------------------------------------
+def _has_any(column: str, values: Sequence[str]) -> str:
+    if not values:
+        return "false"
+    return f"array_has_any({column}, [{', '.join(_quote(v) for v in values)}])"
 
 
-def _fuse(request: SearchRequest, vector_rows: list[dict], text_rows: list[dict]) -> list[Hit]:
-    """Merge the vector and text rankings into hits ordered by the request's scoring."""
-    # Rows of a filter-only listing carry no distance: they score 0.
-    vec = {
-        r["id"]: (rank, 1.0 - float(r["_distance"]))
-        for rank, r in enumerate(vector_rows)
-        if "_distance" in r
-    }
-    txt = {r["id"]: (rank, float(r["_score"])) for rank, r in enumerate(text_rows)}
-    rows = {r["id"]: r for r in [*text_rows, *vector_rows]}
-    hybrid = bool(request.vector is not None and request.text)
-    top_text = max((s for _, s in txt.values()), default=0.0) or 1.0
-    scored = []
-    for asset_id, row in rows.items():
-        v, t = vec.get(asset_id), txt.get(asset_id)
-        if not hybrid:
-            score = v[1] if v else (t[1] if t else 0.0)
-        elif request.hybrid == "rrf":
-            score = sum(1.0 / (request.rrf_k + rank + 1) for rank, _ in filter(None, (v, t)))
-        else:
-            # Cosine is already in [0, 1] for these non-negative features; BM25 is scaled by
-            # the best text score so both legs weigh what the weights say.
-            score = request.vector_weight * (v[1] if v else 0.0) + (1 - request.vector_weight) * (
-                (t[1] / top_text) if t else 0.0
-            )
-        scored.append((score, asset_id, row, v, t))
-    if request.vector is not None or request.text:
-        # A filter-only listing keeps the scan order: sorting each page's partial fetch by id
-        # would make consecutive pages overlap.
-        scored.sort(key=lambda s: (-s[0], s[1]))
-    wanted = {f.name.casefold() for f in [*request.labels_all, *request.labels_any]}
-    hits = []
-    for score, _, row, v, t in scored:
-        doc = _from_row(row)
-        hits.append(
-            Hit(
-                id=doc.id,
-                score=score,
-                vector_score=v[1] if v else None,
-                text_score=t[1] if t else None,
-                matched_labels=[lab for lab in doc.labels if lab.name.casefold() in wanted],
-                document=doc,
-            )
-        )
-    return hits
+def lance_text(text: str) -> str:
+    """A full-text query LanceDB reads as words and "phrases", whatever the user typed: the
+    query parser's operators (``AND``, ``+``, ``:`` ...) are taken as plain words."""
+    words, phrases = filters.text_terms(text)
+    return " ".join([*words, *(f'"{p}"' for p in phrases)])

@@ -1,31 +1,48 @@
-"""The ``lookalike`` command line: ingest a folder, search it, label an image, run the demo."""
+"""The ``lookalike`` command line: ingest a folder, search it, label an image, run the demo.
+
+A thin shell: every command opens the library (``pipeline.library.Library``) and calls the core
+(``pipeline.ingest``, ``pipeline.search``, ``pipeline.rollout``); TensorFlow loads only when a
+command runs the model, and the store's client library only when it opens the store."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from importlib.metadata import version
 from pathlib import Path
 from typing import Annotated
 
 import typer
+import uvicorn
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipeline.backbones import get_spec
 from pipeline.decode import DecodeError
 from pipeline.discover import ManifestError
-from pipeline.document import IngestSummary, Label
-from pipeline.search import AssetNotFound
-from pipeline.settings import get_settings
-from pipeline.store.base import (
+from pipeline.document import AliasSwitch, IngestSummary, Label
+from pipeline.embed import get_embedder
+from pipeline.ingest import ingest as run_ingest
+from pipeline.label import get_labeler
+from pipeline.library import Library, model_name
+from pipeline.rollout import rollback as run_rollback
+from pipeline.rollout import rollout as run_rollout
+from pipeline.samples import build_samples
+from pipeline.search import (
+    AssetNotFound,
     LabelFilter,
     SearchRequest,
     SearchResponse,
-    StoreError,
+    detect_labels,
+    image_vector,
     parse_metadata_filters,
 )
+from pipeline.settings import get_settings
+from pipeline.store import dump, mapping_files
+from pipeline.store.base import StoreError
 
 app = typer.Typer(
     name="lookalike",
@@ -80,8 +97,6 @@ def ingest(
     as_json: JsonOpt = False,
 ) -> None:
     """Index new and changed images, quarantine broken ones, remove deleted ones."""
-    from pipeline.ingest import ingest as run_ingest
-
     with _user_errors():
         summary = _run_with_progress(run_ingest, source, manifest, quiet=as_json)
     if as_json:
@@ -119,10 +134,6 @@ def search(
     as_json: JsonOpt = False,
 ) -> None:
     """Find images similar to IMAGE (or to --id), optionally narrowed by text and labels."""
-    from pipeline.embed import get_embedder
-    from pipeline.search import image_vector, similar_to
-    from pipeline.store import model_name, open_store
-
     with _user_errors():
         if image is not None and asset_id is not None:
             raise ValueError("give a query IMAGE or --id, not both")
@@ -136,14 +147,15 @@ def search(
             min_score=min_score,
             hybrid=hybrid,
         )
-        with open_store() as store:
+        with Library.open() as library:
+            searcher = library.searcher()
             if asset_id is not None:
-                response = similar_to(store, asset_id, request)
+                response = searcher.similar(asset_id, request)
             else:
                 if image is not None:  # only an image query needs the model (and TensorFlow)
-                    embedder = get_embedder(model_name(store.model_id))
+                    embedder = get_embedder(model_name(searcher.index.model_id))
                     request.vector = image_vector(image.read_bytes(), embedder)
-                response = store.search(request)
+                response = searcher.search(request)
     if as_json:
         out.print_json(data=_hits_json(response))
     else:
@@ -158,10 +170,6 @@ def labels(
     as_json: JsonOpt = False,
 ) -> None:
     """Rekognition DetectLabels-style labels for one image."""
-    from pipeline.embed import get_embedder
-    from pipeline.label import get_labeler
-    from pipeline.search import detect_labels
-
     with _user_errors():
         found = detect_labels(
             image.read_bytes(),
@@ -182,10 +190,8 @@ def labels(
 @app.command()
 def quarantine(as_json: JsonOpt = False) -> None:
     """List files that could not be indexed, with the reason."""
-    from pipeline.store import open_store
-
-    with _user_errors(), open_store() as store:
-        records = store.quarantined()
+    with _user_errors(), Library.open() as library:
+        records = library.quarantine.records()
     if as_json:
         out.print_json(data={"quarantined": [{"uri": r.uri, "reason": r.reason} for r in records]})
         return
@@ -200,13 +206,18 @@ def runs(
     limit: Annotated[int, typer.Option("-n", min=1, help="How many runs.")] = 20,
     as_json: JsonOpt = False,
 ) -> None:
-    """Recent ingestion runs, newest first (what the DAG and `lookalike ingest` recorded)."""
-    from pipeline.store import open_store
-
-    with _user_errors(), open_store() as store:
-        recent = store.runs(limit)
+    """Recent ingestion runs, newest first (what the DAG and `lookalike ingest` recorded), and
+    the alias switches (rollouts, rollbacks)."""
+    with _user_errors(), Library.open() as library:
+        recent = library.runs.runs(limit)
+        switches = library.runs.switches(limit)
     if as_json:
-        out.print_json(data={"runs": [r.model_dump(mode="json") for r in recent]})
+        out.print_json(
+            data={
+                "runs": [r.model_dump(mode="json") for r in recent],
+                "switches": [s.model_dump(mode="json") for s in switches],
+            }
+        )
         return
     table = Table(
         "Started",
@@ -231,6 +242,17 @@ def runs(
             f"{r.images_per_s:.1f}",
         )
     out.print(table)
+    if switches:
+        moves = Table("When", "From", "To", "Why", "Embedded", title="alias switches")
+        for switch in switches:
+            moves.add_row(
+                f"{switch.started_at:%Y-%m-%d %H:%M:%S}",
+                switch.previous or "",
+                switch.model,
+                switch.trigger,
+                str(switch.embedded),
+            )
+        out.print(moves)
 
 
 @app.command()
@@ -240,8 +262,6 @@ def samples(
     ] = None,
 ) -> None:
     """Write the offline sample library (real photos, copies, odd formats, broken files)."""
-    from pipeline.samples import build_samples
-
     manifest = build_samples(dest or get_settings().samples_dir)
     out.print(f"samples written; manifest: {manifest}")
 
@@ -249,9 +269,6 @@ def samples(
 @app.command()
 def demo() -> None:
     """Build the samples, ingest them into the embedded store and search for the cat photo."""
-    from pipeline.ingest import ingest as run_ingest
-    from pipeline.samples import build_samples
-
     settings = get_settings()
     manifest = build_samples(settings.samples_dir)
     console.print(f"[bold]1/3[/] sample library in {settings.samples_dir}")
@@ -287,13 +304,13 @@ def serve(
     ] = None,
 ) -> None:
     """Start the search API and its web page (uvicorn); the model loads before it listens."""
-    import uvicorn
-
-    from search_api import create_app
-
     settings = get_settings()
+    # By name: the CLI and the API are apps side by side, neither imports the other.
     uvicorn.run(
-        create_app(settings), host=host or settings.api_host, port=port or settings.api_port
+        "search_api:create_app",
+        factory=True,
+        host=host or settings.api_host,
+        port=port or settings.api_port,
     )
 
 
@@ -376,29 +393,24 @@ app.add_typer(index_app, name="index")
 
 @index_app.command("apply")
 def index_apply() -> None:
-    """Put the index templates and hybrid search pipelines on the cluster (idempotent)."""
-    from pipeline.backbones import get_spec
-    from pipeline.store import model_name, open_store
-    from pipeline.store.cluster import ClusterStore
-
-    with _user_errors(), open_store() as store:
-        if not isinstance(store, ClusterStore):
-            out.print("the embedded store needs no templates or pipelines: nothing to apply")
-            return
-        for item in store.apply(get_spec(model_name(store.model_id)).dim):
-            out.print(f"applied {item}")
+    """Put the index templates on the cluster (idempotent), for the configured model's vectors
+    (as ``index export`` writes them)."""
+    with _user_errors(), Library.open() as library:
+        applied = library.backend.apply(get_spec(get_settings().model).dim)
+    for item in applied:
+        out.print(f"applied {item}")
+    if not applied:
+        out.print(f"the {get_settings().store} store needs no templates: nothing to apply")
 
 
 @index_app.command("list")
 def index_list(as_json: JsonOpt = False) -> None:
     """Every model version's index with its size; the active one is what searches use."""
-    from pipeline.store import open_store
-
-    with _user_errors(), open_store() as store:
-        infos = store.indexes()
+    with _user_errors(), Library.open() as library:
+        infos = library.catalogue.indexes()
     alias = get_settings().table
     if as_json:
-        out.print_json(data={"alias": alias, "indexes": [i.model_dump() for i in infos]})
+        out.print_json(data={"alias": alias, "indexes": [asdict(i) for i in infos]})
         return
     table = Table("Model", "Index", "Documents", "Active", title=f"alias {alias!r}")
     for info in infos:
@@ -413,15 +425,14 @@ def index_activate(
     ],
 ) -> None:
     """Point the alias at MODEL_ID's index in one atomic step (a rollout, or a rollback)."""
-    from pipeline.store import open_store
-
-    with _user_errors(), open_store(model_id) as store:
-        known = {info.model_id for info in store.indexes()}
+    with _user_errors(), Library.open() as library:
+        known = {info.model_id for info in library.catalogue.indexes()}
         if model_id not in known:
             raise ValueError(
                 f"no index for {model_id!r}; indexed model versions: {sorted(known) or 'none'}"
             )
-        previous = store.activate()
+        previous = library.catalogue.switch(model_id)
+        library.runs.record(AliasSwitch(model=model_id, previous=previous, trigger="activate"))
     out.print(f"alias {get_settings().table!r}: {previous or 'none'} -> {model_id}")
 
 
@@ -431,17 +442,12 @@ def index_export(
         "mappings"
     ),
 ) -> None:
-    """Write the index templates and search pipelines for the current settings as JSON files
-    (``mappings/`` holds them for the defaults), to read or apply by hand."""
-    import json
-
-    from pipeline.backbones import get_spec
-    from pipeline.store.cluster import mapping_files
-
+    """Write the index templates for the current settings as JSON files (``mappings/`` holds
+    them for the defaults), to read or apply by hand."""
     settings = get_settings()
     dest.mkdir(parents=True, exist_ok=True)
     for name, body in mapping_files(settings, get_spec(settings.model).dim).items():
-        (dest / name).write_text(json.dumps(body, indent=2) + "\n")
+        (dest / name).write_text(dump(body))
         out.print(f"wrote {dest / name}")
 
 
@@ -458,8 +464,6 @@ def rollout(
 ) -> None:
     """Re-embed every indexed asset with MODEL into its own index, check it (same documents,
     quality gate) and switch searches to it atomically; the previous index is kept."""
-    from pipeline.rollout import rollout as run_rollout
-
     with _user_errors():
         done = run_rollout(model)
     if as_json:
@@ -483,8 +487,6 @@ def rollback(
     as_json: JsonOpt = False,
 ) -> None:
     """Switch searches back to the previous model version's index (kept by every rollout)."""
-    from pipeline.rollout import rollback as run_rollback
-
     with _user_errors():
         switch = run_rollback(to=to)
     if as_json:
