@@ -6,7 +6,7 @@ import hashlib
 import json
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
@@ -97,9 +97,15 @@ class QuarantinedItem(BaseModel):
     reason: str
 
 
+Outcome = Literal["running", "interrupted", "indexed", "quarantined"]
+
+
 class IngestSummary(BaseModel):
     """What an ingestion run did: printed by ``lookalike ingest --json``, returned by the
-    Airflow DAG as XCom, and kept by the store (``Store.record_run``) for Dashboards."""
+    Airflow DAG as XCom, and kept by the store (``Store.record_run``) for Dashboards.
+
+    A run with work to do is recorded when it starts (``outcome`` "running"), so a run that is
+    killed still shows up; the next run over the same source marks it "interrupted"."""
 
     run_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
     source: str = ""
@@ -108,7 +114,20 @@ class IngestSummary(BaseModel):
     updated: int = 0
     unchanged: int = 0
     deleted: int = 0
-    quarantined: list[QuarantinedItem] = Field(default_factory=list)
+    quarantined: list[QuarantinedItem] = Field(
+        default_factory=list, description="Files this run quarantined, with the reason."
+    )
+    quarantined_earlier: int = Field(
+        0,
+        description="Files of the source that an earlier run quarantined and that did not change "
+        "since (not retried; `lookalike quarantine` lists them).",
+    )
+    outcome: Outcome = Field(
+        "indexed",
+        description="indexed: every file of the source is indexed; quarantined: some are "
+        "quarantined (this run or earlier); running: not finished (yet); interrupted: it never "
+        "finished (killed or failed; a later run over the source completed its work).",
+    )
     model: str = ""
     duration_s: float = 0.0
     images_per_s: float = 0.0

@@ -1,9 +1,10 @@
 """Ingestion: discover -> decode -> embed -> label -> write, incrementally.
 
-Shaped like clip-retrieval's inference split: a *reader* (threads that read, hash, decode and
-resize files ahead of the model), a *mapper* (one batched model call that yields embeddings and
-ImageNet probabilities, turned into labels) and a *writer* (one upsert per batch). Each stage is
-timed per batch so a slow stage shows up in the summary.
+Shaped like clip-retrieval's inference split: a *reader* (worker processes that read, hash,
+decode and resize files ahead of the model, each file under a time limit), a *mapper* (one
+batched model call that yields embeddings and ImageNet probabilities, turned into labels) and a
+*writer* (one upsert per batch). Each stage is timed per batch so a slow stage shows up in the
+summary.
 
 A run is planned first and executed second, so the same code serves one process and many:
 ``plan_run`` decides everything (what to embed, what to delete) into a JSON-serialisable
@@ -14,12 +15,10 @@ the run. ``ingest`` chains the same functions in one process for the CLI.
 
 from __future__ import annotations
 
-import hashlib
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -30,7 +29,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from pipeline import discover
-from pipeline.decode import DecodeError, decode_image
+from pipeline.decode import DecodePool
 from pipeline.discover import SourceAsset
 from pipeline.document import (
     AssetDocument,
@@ -42,12 +41,16 @@ from pipeline.document import (
 from pipeline.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from pipeline.backbones import ModelSpec
     from pipeline.embed import Embedder
     from pipeline.label import Labeler
     from pipeline.store import Store
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# How many recent runs finish_run looks through for ones that were killed.
+_RUNS_CHECKED = 100
 
 
 @dataclass
@@ -72,6 +75,9 @@ class BatchResult(BaseModel):
     updated: int = 0
     unchanged: int = 0
     quarantined: list[QuarantineRecord] = Field(default_factory=list)
+    quarantined_earlier: int = Field(
+        0, description="Unchanged files (touched, same content) that stay quarantined."
+    )
     seconds: dict[str, float] = Field(default_factory=dict)
 
     @property
@@ -106,64 +112,77 @@ class RunPlan(BaseModel):
         default_factory=list, description="Ids in the store whose file is gone."
     )
     unchanged: int = 0
+    quarantined_earlier: int = Field(
+        0, description="Unchanged files that an earlier run quarantined."
+    )
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.todo or self.deleted)
 
 
 def _accumulate(summary: IngestSummary, batch: BatchResult) -> None:
     summary.new += batch.new
     summary.updated += batch.updated
     summary.unchanged += batch.unchanged
+    summary.quarantined_earlier += batch.quarantined_earlier
     summary.quarantined += [QuarantinedItem(uri=r.uri, reason=r.reason) for r in batch.quarantined]
     for stage, seconds in batch.seconds.items():
         summary.stage_seconds[stage] = summary.stage_seconds.get(stage, 0.0) + seconds
 
 
-def load(
-    asset: SourceAsset, state: StoredState | None, embedder: Embedder, settings: Settings
-) -> Loaded:
-    """Reader stage for one file: read once, hash, decode safely, resize for the model."""
-    if not asset.exists:
-        return Loaded(asset, fingerprint=asset.fingerprint(""), error="file not found")
-    if asset.size_bytes > settings.max_file_bytes:
+def _start_loading(
+    pool: DecodePool,
+    asset: SourceAsset,
+    state: StoredState | None,
+    spec: ModelSpec,
+    settings: Settings,
+) -> Callable[[], Loaded]:
+    """Reader stage for one file: hand it to a decode worker (read once, hash, decode safely,
+    resize for the model) and return how to collect the result. A file the scan found
+    unreadable never reaches a worker."""
+    if asset.problem is not None:
+        loaded = Loaded(asset, fingerprint=asset.fingerprint(""), error=asset.problem)
+        return lambda: loaded
+    unchanged_metadata = state is not None and state.fingerprint == asset.fingerprint(state.sha256)
+    future = pool.submit(
+        asset.path,
+        max_bytes=settings.max_file_bytes,
+        max_pixels=settings.max_image_pixels,
+        spec=spec,
+        expected_sha256=state.sha256 if unchanged_metadata else None,
+    )
+
+    def collect() -> Loaded:
+        prepared = pool.result(future, asset.path, settings.max_file_bytes)
         return Loaded(
             asset,
-            fingerprint=asset.fingerprint(""),
-            error=f"file too large: {asset.size_bytes} bytes (limit {settings.max_file_bytes})",
+            sha256=prepared.sha256,
+            fingerprint=asset.fingerprint(prepared.sha256),
+            pixels=prepared.pixels,
+            width=prepared.width,
+            height=prepared.height,
+            format=prepared.format,
+            error=prepared.error,
+            unchanged=prepared.unchanged,
         )
-    try:
-        data = asset.path.read_bytes()
-    except OSError as exc:
-        return Loaded(asset, fingerprint=asset.fingerprint(""), error=f"cannot read: {exc}")
-    sha = hashlib.sha256(data).hexdigest()
-    loaded = Loaded(asset, sha256=sha, fingerprint=asset.fingerprint(sha))
-    if state is not None and state.fingerprint == loaded.fingerprint:
-        loaded.unchanged = True
-        return loaded
-    try:
-        decoded = decode_image(
-            data, max_pixels=settings.max_image_pixels, min_size=embedder.spec.resize_size
-        )
-    except DecodeError as exc:
-        loaded.error = str(exc)
-        return loaded
-    loaded.pixels = embedder.preprocess(decoded.image)
-    loaded.width, loaded.height, loaded.format = decoded.width, decoded.height, decoded.format
-    return loaded
+
+    return collect
 
 
 def read_batches(
     batches: Sequence[Sequence[tuple[SourceAsset, StoredState | None]]],
-    embedder: Embedder,
+    spec: ModelSpec,
     settings: Settings,
     seconds: dict[str, float],
 ) -> Iterator[list[Loaded]]:
-    """Reader stage over whole batches: decode threads stay up to two batches ahead of the
+    """Reader stage over whole batches: decode workers stay up to two batches ahead of the
     model, across batch boundaries. Time spent waiting on them adds to ``seconds["read_wait"]``.
     """
     window = 2 * max(map(len, batches), default=1)
-    with ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode") as pool:
+    with DecodePool(settings.decode_workers, settings.decode_timeout_s) as pool:
         loaded = _prefetch(
-            pool,
-            lambda pair: load(pair[0], pair[1], embedder, settings),
+            lambda pair: _start_loading(pool, pair[0], pair[1], spec, settings),
             (pair for batch in batches for pair in batch),
             window=window,
         )
@@ -238,7 +257,14 @@ def process_batch(
 ) -> BatchResult:
     """Mapper + writer for one batch of loaded assets. Idempotent: upserts by id."""
     docs, quarantined, embed_seconds = embed_batch(items, embedder, labeler, settings)
-    result = BatchResult(unchanged=sum(i.unchanged for i in items), quarantined=quarantined)
+    result = BatchResult(
+        unchanged=sum(i.unchanged for i in items),
+        quarantined=quarantined,
+        quarantined_earlier=sum(
+            i.unchanged and (state := stored.get(i.asset.id)) is not None and state.quarantined
+            for i in items
+        ),
+    )
     if docs:
         result.seconds["embed"] = embed_seconds
     for doc in docs:
@@ -263,19 +289,37 @@ def plan_run(
     run_id: str | None = None,
 ) -> RunPlan:
     """Discover stage: scan ``source`` (and the manifest) and compare it with the store that
-    the alias names (or ``store``). Reads files' metadata only, never their pixels."""
+    the alias names (or ``store``). Reads files' metadata only, never their pixels. A run with
+    work to do is recorded as "running" right away: if it never finishes, it still shows up."""
     settings = settings or get_settings()
     with _using(store, None, settings) as target:
         stored = target.states()
-        work = discover.plan(discover.scan(Path(source), manifest), stored, Path(source))
-        return RunPlan(
+        assets = discover.scan(Path(source), manifest, max_file_bytes=settings.max_file_bytes)
+        work = discover.plan(assets, stored, Path(source))
+        plan = RunPlan(
             run_id=run_id or uuid.uuid4().hex,
             source=discover.path_to_uri(Path(source)),
             model=target.model_id,
             todo=[AssetRef(asset=asset, previous=stored.get(asset.id)) for asset in work.todo],
             deleted=work.deleted,
             unchanged=work.unchanged,
+            quarantined_earlier=work.quarantined_earlier,
         )
+        if plan.has_work:
+            target.record_run(_summary(plan, outcome="running"))
+        return plan
+
+
+def _summary(plan: RunPlan, **fields: object) -> IngestSummary:
+    return IngestSummary(
+        run_id=plan.run_id,
+        source=plan.source,
+        started_at=plan.started_at,
+        unchanged=plan.unchanged,
+        quarantined_earlier=plan.quarantined_earlier,
+        model=plan.model,
+        **fields,
+    )
 
 
 def plan_batches(
@@ -314,7 +358,7 @@ def run_batches(
         seconds: dict[str, float] = {}
         pairs = [[(ref.asset, ref.previous) for ref in batch] for batch in batches]
         for refs, items in zip(
-            batches, read_batches(pairs, embedder, settings, seconds), strict=True
+            batches, read_batches(pairs, embedder.spec, settings, seconds), strict=True
         ):
             stored = {ref.asset.id: ref.previous for ref in refs if ref.previous is not None}
             result = process_batch(items, stored, target, embedder, labeler, settings)
@@ -341,6 +385,7 @@ def run_batch(
         merged.updated += result.updated
         merged.unchanged += result.unchanged
         merged.quarantined += result.quarantined
+        merged.quarantined_earlier += result.quarantined_earlier
         for stage, seconds in result.seconds.items():
             merged.seconds[stage] = merged.seconds.get(stage, 0.0) + seconds
     return merged
@@ -364,34 +409,50 @@ def finish_run(
     *,
     store: Store | None = None,
 ) -> IngestSummary:
-    """Summarise the run, make the first index ever built the active one, compact the index
-    after changes and record the summary in the store (where Dashboards read it). An idle run
-    records nothing: it wrote nothing. Safe to retry: the run is recorded under its id."""
-    summary = IngestSummary(
-        run_id=plan.run_id,
-        source=plan.source,
-        started_at=plan.started_at,
-        unchanged=plan.unchanged,
-        deleted=deleted,
-        model=plan.model,
-    )
+    """Summarise the run, make the first index ever built the active one, bring the index's
+    files and search indexes up to date and record the summary in the store (where Dashboards
+    read it). Safe to retry: the run is recorded under its id.
+
+    It also repairs what an earlier run over the same source left when it was killed: its
+    record ("running") becomes "interrupted", and the store's optimise step runs whatever this
+    run changed (it is a no-op on a store in order), so indexes a killed run never built are
+    built now. An idle run on a store in order records nothing: it wrote nothing."""
+    summary = _summary(plan, deleted=deleted)
     for result in results:
         _accumulate(summary, result)
-    changed = bool(summary.new or summary.updated or summary.deleted)
+    summary.outcome = (
+        "quarantined" if summary.quarantined or summary.quarantined_earlier else "indexed"
+    )
     with _using(store, plan.model, settings or get_settings()) as target:
         if target.active_model() is None and target.count():
             target.activate()  # the first index built becomes the one searches use
-        if changed:
-            start = time.perf_counter()
-            target.optimize()
-            summary.stage_seconds["optimize"] = time.perf_counter() - start
+        start = time.perf_counter()
+        target.optimize()
+        summary.stage_seconds["optimize"] = time.perf_counter() - start
+        interrupted = _mark_interrupted(target, plan)
         summary.duration_s = round((datetime.now(UTC) - plan.started_at).total_seconds(), 3)
         embedded = summary.new + summary.updated
         summary.images_per_s = round(embedded / summary.duration_s, 2) if summary.duration_s else 0
         summary.stage_seconds = {k: round(v, 3) for k, v in summary.stage_seconds.items()}
-        if changed or summary.quarantined:
+        if plan.has_work or summary.quarantined or interrupted:
             target.record_run(summary)
     return summary
+
+
+def _mark_interrupted(store: Store, plan: RunPlan) -> int:
+    """Mark earlier runs over ``plan``'s source still recorded as "running" as "interrupted"
+    (this run did their work); return how many there were."""
+    stale = [
+        run
+        for run in store.runs(_RUNS_CHECKED)
+        if run.outcome == "running"
+        and run.source == plan.source
+        and run.run_id != plan.run_id
+        and run.started_at < plan.started_at
+    ]
+    for run in stale:
+        store.record_run(run.model_copy(update={"outcome": "interrupted"}))
+    return len(stale)
 
 
 def ingest(
@@ -447,14 +508,15 @@ def _using(store: Store | None, model_id: str | None, settings: Settings) -> Ite
 
 
 def _prefetch(
-    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int
+    start: Callable[[T], Callable[[], R]], items: Iterable[T], window: int
 ) -> Iterator[R]:
-    """``map`` over a thread pool, in order, with at most ``window`` items in flight, so the
-    readers stay ahead of the model without holding a whole library in memory."""
-    pending: deque = deque()
+    """Start ``items`` in order (``start`` returns how to collect each one's result) and yield
+    their results in order, with at most ``window`` in flight, so the readers stay ahead of the
+    model without holding a whole library in memory."""
+    pending: deque[Callable[[], R]] = deque()
     for item in items:
-        pending.append(pool.submit(fn, item))
+        pending.append(start(item))
         if len(pending) >= window:
-            yield pending.popleft().result()
+            yield pending.popleft()()
     while pending:
-        yield pending.popleft().result()
+        yield pending.popleft()()

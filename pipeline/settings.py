@@ -36,8 +36,15 @@ class Settings(BaseSettings):
         default_factory=lambda: max(2, os.cpu_count() or 2),
         ge=1,
         le=64,
-        description="Threads decoding images ahead of the model: one per core (more were never "
-        "faster in benchmarks/throughput.py, and cost memory).",
+        description="Worker processes decoding images ahead of the model: one per core (more "
+        "were never faster in benchmarks/throughput.py, and cost memory).",
+    )
+    decode_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest time one file may take to read, decode and resize; a file that "
+        "takes longer is quarantined and its worker replaced (an 88-megapixel PNG takes about "
+        "2 s on one core).",
     )
     max_image_pixels: int = Field(
         89_478_485,
@@ -46,7 +53,10 @@ class Settings(BaseSettings):
         "(Pillow's own default limit).",
     )
     max_file_bytes: int = Field(
-        256 * 2**20, ge=1, description="Files larger than this are quarantined."
+        256 * 2**20,
+        ge=1,
+        description="Files larger than this are quarantined, before any byte is read (and no "
+        "more than this is ever read of a file).",
     )
     label_min_confidence: float = Field(
         5.0, ge=0, le=100, description="Labels below this confidence (percent) are not stored."
