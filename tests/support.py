@@ -37,10 +37,9 @@ def stem(uri: str) -> str:
 def serving(settings: Settings) -> Iterator[str]:
     """The search API on a free loopback port, in a thread; yields its base URL."""
     from search_api import create_app
+    from search_api.server import server_config
 
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
-    )
+    server = uvicorn.Server(server_config(create_app(settings), settings, "127.0.0.1", 0))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:

@@ -10,7 +10,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from typing import Literal, Self
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.document import (
     AssetDocument,
@@ -20,11 +20,17 @@ from pipeline.document import (
     StoredState,
 )
 
+# Longer than any label name (the longest of the label table has 30 characters). A filter
+# becomes about a hundred keys in a store query: an unbounded name is unbounded work.
+MAX_LABEL_NAME = 100
+
 
 class LabelFilter(BaseModel):
     """Has label ``name`` with confidence >= ``min_confidence`` (names are case-insensitive)."""
 
-    name: str = Field(min_length=1)
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=MAX_LABEL_NAME)
     min_confidence: float = Field(0.0, ge=0, le=100)
 
     @classmethod

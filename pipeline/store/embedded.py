@@ -19,14 +19,15 @@ Design notes (measured in ``../shared/notes/environment.md`` and ``benchmarks/``
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import lancedb
 import numpy as np
@@ -49,6 +50,7 @@ from pipeline.store.base import (
     SearchRequest,
     SearchResponse,
     Store,
+    StoreError,
 )
 
 QUARANTINE_TABLE = "quarantine"
@@ -113,6 +115,27 @@ def table_name(base: str, model_id: str) -> str:
     return f"{base}__{re.sub(r'[^A-Za-z0-9]+', '_', model_id).strip('_').lower()}"
 
 
+Method = TypeVar("Method", bound=Callable[..., Any])
+# LanceDB's errors end with the Rust source line that raised them: nothing for a user.
+_RUST_LOCATION = re.compile(r",\s*/\S+\.rs:\d+:\d+")
+
+
+def reported(method: Method) -> Method:
+    """The store's files failing (moved or deleted under a running server, a full or read-only
+    disk, a corrupt table) leave the store as ``StoreError``, which the CLI prints as one line
+    and the API answers with 503, instead of LanceDB's ``RuntimeError`` or an ``OSError``."""
+
+    @functools.wraps(method)
+    def wrapper(self: EmbeddedStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except (OSError, RuntimeError, json.JSONDecodeError) as exc:
+            reason = _RUST_LOCATION.sub("", str(exc)) or type(exc).__name__
+            raise StoreError(f"the embedded store in {self.path} cannot be used: {reason}") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
 class EmbeddedStore(Store):
     """A ``Store`` on LanceDB under ``settings.store_dir`` (safe for concurrent readers).
 
@@ -120,6 +143,7 @@ class EmbeddedStore(Store):
     a reader sees the old or the new target, never a half-written file.
     """
 
+    @reported
     def __init__(self, settings: Settings, model_id: str) -> None:
         self.settings = settings
         self.model_id = model_id
@@ -148,10 +172,12 @@ class EmbeddedStore(Store):
         except FileNotFoundError:
             return {}
 
+    @reported
     def active_model(self) -> str | None:
         entry = self._aliases().get(self.settings.table)
         return entry["model"] if entry else None
 
+    @reported
     def activate(self) -> str | None:
         aliases = self._aliases()
         previous = aliases.get(self.settings.table, {}).get("model")
@@ -161,6 +187,7 @@ class EmbeddedStore(Store):
         os.replace(tmp, self._alias_file)
         return previous
 
+    @reported
     def indexes(self) -> list[IndexInfo]:
         active = self.active_model()
         prefix = f"{self.settings.table}__"
@@ -194,6 +221,7 @@ class EmbeddedStore(Store):
                 return None
         return self._table
 
+    @reported
     def ensure(self, dim: int) -> None:
         if self.table is None:
             schema = asset_schema(dim).with_metadata({"model_id": self.model_id})
@@ -207,6 +235,7 @@ class EmbeddedStore(Store):
 
     # -- writes ------------------------------------------------------------------------------
 
+    @reported
     def upsert(self, docs: Sequence[AssetDocument]) -> int:
         if not docs:
             return 0
@@ -223,6 +252,7 @@ class EmbeddedStore(Store):
         self._quarantine.delete(_in_list("id", [d.id for d in docs]))
         return len(docs)
 
+    @reported
     def delete(self, ids: Sequence[str]) -> int:
         if not ids:
             return 0
@@ -232,6 +262,7 @@ class EmbeddedStore(Store):
         self._quarantine.delete(where)
         return len(ids)
 
+    @reported
     def quarantine(self, records: Sequence[QuarantineRecord]) -> None:
         if not records:
             return
@@ -245,6 +276,7 @@ class EmbeddedStore(Store):
         if self.table is not None:
             self.table.delete(_in_list("id", [r.id for r in records]))
 
+    @reported
     def optimize(self) -> None:
         """Compact files and build or refresh the indexes a large table needs."""
         table = self.table
@@ -265,6 +297,7 @@ class EmbeddedStore(Store):
         # Folds new rows into existing indexes and compacts; keeps recent versions for readers.
         table.optimize(cleanup_older_than=timedelta(hours=1))
 
+    @reported
     def record_run(self, summary: IngestSummary) -> None:
         row = {
             "run_id": summary.run_id,
@@ -277,6 +310,7 @@ class EmbeddedStore(Store):
             pa.Table.from_pylist([row], schema=_RUNS_SCHEMA)
         )
 
+    @reported
     def runs(self, limit: int = 20) -> list[IngestSummary]:
         rows = self._runs.search().limit(None).to_arrow().to_pylist()
         rows.sort(key=lambda r: r["started_at"], reverse=True)
@@ -284,15 +318,18 @@ class EmbeddedStore(Store):
 
     # -- reads -------------------------------------------------------------------------------
 
+    @reported
     def count(self) -> int:
         return 0 if self.table is None else self.table.count_rows()
 
+    @reported
     def get(self, asset_id: str, with_embedding: bool = True) -> AssetDocument | None:
         if self.table is None:
             return None
         rows = self.table.search().where(_in_list("id", [asset_id])).limit(1).to_list()
         return _from_row(rows[0], with_embedding) if rows else None
 
+    @reported
     def states(self) -> dict[str, StoredState]:
         states: dict[str, StoredState] = {}
         for table, quarantined in ((self.table, False), (self._quarantine, True)):
@@ -302,6 +339,7 @@ class EmbeddedStore(Store):
                 states[row["id"]] = StoredState(quarantined=quarantined, **row)
         return states
 
+    @reported
     def label_counts(self, min_confidence: float = 50.0, limit: int = 100) -> dict[str, int]:
         if self.table is None:
             return {}
@@ -317,10 +355,12 @@ class EmbeddedStore(Store):
         )
         return dict(counts[:limit])
 
+    @reported
     def quarantined(self) -> list[QuarantineRecord]:
         rows = self._quarantine.search().limit(None).to_arrow().to_pylist()
         return sorted((QuarantineRecord(**r) for r in rows), key=lambda r: r.uri)
 
+    @reported
     def search(self, request: SearchRequest) -> SearchResponse:
         table = self.table
         if table is None or table.count_rows() == 0:
