@@ -27,6 +27,7 @@ from search_api import media
 from search_api.engine import Backend, EngineNotReady, SearchEngine
 from search_api.schemas import (
     ASSET_ID_PATTERN,
+    MAX_ASSET_ID,
     MAX_FILTERS,
     Asset,
     ErrorResponse,
@@ -131,7 +132,10 @@ def app_settings(request: Request) -> Settings:
 
 EngineDep = Annotated[SearchEngine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(app_settings)]
-AssetIdPath = Annotated[str, Path(pattern=ASSET_ID_PATTERN, description="An indexed asset's id.")]
+AssetIdPath = Annotated[
+    str,
+    Path(max_length=MAX_ASSET_ID, pattern=ASSET_ID_PATTERN, description="An indexed asset's id."),
+]
 
 
 def require_api_key(

@@ -32,9 +32,11 @@ MAX_FILTERS = 20
 # Asset ids are hex digests of the source URI (pipeline.discover.asset_id); the pattern keeps
 # anything else (slashes, dots, quotes) out of store lookups and file names.
 ASSET_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+MAX_ASSET_ID = 128
 AssetId = Annotated[
     str,
     Field(
+        max_length=MAX_ASSET_ID,
         pattern=ASSET_ID_PATTERN,
         description="An indexed asset's id.",
         examples=["c9c3aab28a330cf8c4deecaf68a21e2c"],

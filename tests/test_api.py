@@ -53,7 +53,9 @@ def home(sample_manifest: Path, embedder, tmp_path_factory: pytest.TempPathFacto
     """Settings whose embedded store holds the sample library (ingested once per module)."""
     # TestClient's requests name the host "testserver": allowed like the loopback names.
     settings = Settings(
-        home=tmp_path_factory.mktemp("api_home"), batch_size=8, api_allowed_hosts=["testserver"]
+        home=tmp_path_factory.mktemp("api_home"),
+        batch_size=8,
+        api_allowed_hosts=["testserver", "127.0.0.1"],
     )
     store = open_store(embedder.model_id, settings)
     ingest(
@@ -490,7 +492,10 @@ def test_a_model_rollout_is_picked_up_without_restart(
     model_dir = get_settings().model_dir
     shutil.copy(model_path(embedder.spec, model_dir), model_path(new, model_dir))
     settings = Settings(
-        home=tmp_path / "home", batch_size=8, api_alias_check_s=0, api_allowed_hosts=["testserver"]
+        home=tmp_path / "home",
+        batch_size=8,
+        api_alias_check_s=0,
+        api_allowed_hosts=["testserver", "127.0.0.1"],
     )
     library = samples / "copies"
     old_store = open_store(embedder.model_id, settings)

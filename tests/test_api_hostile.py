@@ -38,7 +38,9 @@ def small(tmp_path: Path, sample_manifest: Path, embedder) -> Settings:
     library.mkdir()
     for name in ("chelsea.jpg", "coffee.jpg"):
         shutil.copy(sample_manifest.parent / "originals" / name, library / name)
-    settings = Settings(home=tmp_path / "home", batch_size=4, api_allowed_hosts=["testserver"])
+    settings = Settings(
+        home=tmp_path / "home", batch_size=4, api_allowed_hosts=["testserver", "127.0.0.1"]
+    )
     ingest(
         library, store=open_store(embedder.model_id, settings), embedder=embedder, settings=settings
     )

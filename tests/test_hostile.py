@@ -35,7 +35,9 @@ GOOD = encode(photo(seed=1), "JPEG")
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return Settings(home=tmp_path / "home", batch_size=4, api_allowed_hosts=["testserver"])
+    return Settings(
+        home=tmp_path / "home", batch_size=4, api_allowed_hosts=["testserver", "127.0.0.1"]
+    )
 
 
 def run(library: Path, settings: Settings, embedder, **kwargs) -> tuple[IngestSummary, Store]:
