@@ -74,9 +74,7 @@ def _local_path(doc: AssetDocument) -> Path:
 
 
 def _inside_roots(real: Path, settings: Settings) -> bool:
-    return any(
-        real.is_relative_to(os.path.realpath(root)) for root in settings.api_library_roots
-    )
+    return any(real.is_relative_to(os.path.realpath(root)) for root in settings.api_library_roots)
 
 
 def _read(doc: AssetDocument, path: Path, settings: Settings) -> bytes:

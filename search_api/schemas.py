@@ -23,11 +23,18 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from pipeline.document import AssetDocument
-from pipeline.store.base import Hit, LabelFilter, SearchRequest, parse_metadata_filters
+from pipeline.store.base import (
+    MAX_LABEL_NAME,
+    Hit,
+    LabelFilter,
+    SearchRequest,
+    parse_metadata_filters,
+)
 
 MAX_K = 100
 MAX_OFFSET = 10_000
 MAX_FILTERS = 20
+MAX_FORM_EXCLUDE_IDS = 100
 
 # Asset ids are hex digests of the source URI (pipeline.discover.asset_id); the pattern keeps
 # anything else (slashes, dots, quotes) out of store lookups and file names.
@@ -51,6 +58,8 @@ METADATA_SPEC_PATTERN = r"^[^=]+=.*$"
 def _label_spec(value: str) -> str:
     if re.fullmatch(LABEL_SPEC_PATTERN, value) is None:
         raise ValueError(f"expected NAME or NAME:MIN_CONFIDENCE (0-100), got {value!r}")
+    if len(value.partition(":")[0].strip()) > MAX_LABEL_NAME:
+        raise ValueError(f"a label name has at most {MAX_LABEL_NAME} characters")
     return value
 
 
@@ -193,6 +202,12 @@ class SearchQuery(SearchOptions):
 class FormFilters(SearchOptions):
     """Search options in the flat ``NAME:MIN_CONFIDENCE`` / ``KEY=VALUE`` form of query strings
     and multipart fields, where nested JSON does not fit."""
+
+    # Fewer than in JSON: the longest valid query string must stay under the 64 KiB request
+    # line the HTTP server accepts (uvicorn answers 400 above it, before the app sees it).
+    exclude_ids: list[AssetId] = Field(
+        default_factory=list, max_length=MAX_FORM_EXCLUDE_IDS, description="Assets never returned."
+    )
 
     labels_all: list[LabelSpec] = Field(
         default_factory=list, max_length=MAX_FILTERS, description="Labels that must all match."
