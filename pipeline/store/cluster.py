@@ -191,6 +191,8 @@ def runs_template(base: str, shards: int = 1) -> dict[str, Any]:
         **{n: {"type": "integer"} for n in ("new", "updated", "unchanged", "deleted")},
         "quarantined": {"type": "object", "enabled": False},
         "quarantined_count": {"type": "integer"},
+        "quarantined_earlier": {"type": "integer"},
+        "outcome": _KEYWORD,
         "model": _KEYWORD,
         "duration_s": {"type": "float"},
         "images_per_s": {"type": "float"},
@@ -747,6 +749,9 @@ class ClusterStore(Store):
         )
         if not self.client.indices.exists(index=index):
             self._create(index, index_body_from_template(template))
+        else:  # made by an earlier version: add the fields this one writes (strict mapping)
+            properties = template["template"]["mappings"]["properties"]
+            self.client.indices.put_mapping(index=index, body={"properties": properties})
         self._ready.add(index)
 
     @reported
