@@ -29,7 +29,7 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from pipeline import discover
-from pipeline.decode import DecodePool
+from pipeline.decode import DecodePool, PreparedFile
 from pipeline.discover import SourceAsset
 from pipeline.document import (
     AssetDocument,
@@ -53,19 +53,15 @@ R = TypeVar("R")
 _RUNS_CHECKED = 100
 
 
-@dataclass
+@dataclass(frozen=True)
 class Loaded:
-    """A source asset after the reader stage: model-ready pixels, or why it has none."""
+    """A source asset after the reader stage: its fingerprint, and what the decode worker made
+    of its file (model-ready pixels, or why there are none; ``file.unchanged``: touched, new
+    mtime, but the same content)."""
 
     asset: SourceAsset
-    sha256: str = ""
-    fingerprint: str = ""
-    pixels: np.ndarray | None = None
-    width: int = 0
-    height: int = 0
-    format: str = ""
-    error: str | None = None
-    unchanged: bool = False  # touched (new mtime) but same content and metadata
+    fingerprint: str
+    file: PreparedFile
 
 
 class BatchResult(BaseModel):
@@ -142,7 +138,7 @@ def _start_loading(
     resize for the model) and return how to collect the result. A file the scan found
     unreadable never reaches a worker."""
     if asset.problem is not None:
-        loaded = Loaded(asset, fingerprint=asset.fingerprint(""), error=asset.problem)
+        loaded = Loaded(asset, asset.fingerprint(""), PreparedFile(error=asset.problem))
         return lambda: loaded
     unchanged_metadata = state is not None and state.fingerprint == asset.fingerprint(state.sha256)
     future = pool.submit(
@@ -155,17 +151,7 @@ def _start_loading(
 
     def collect() -> Loaded:
         prepared = pool.result(future, asset.path, settings.max_file_bytes)
-        return Loaded(
-            asset,
-            sha256=prepared.sha256,
-            fingerprint=asset.fingerprint(prepared.sha256),
-            pixels=prepared.pixels,
-            width=prepared.width,
-            height=prepared.height,
-            format=prepared.format,
-            error=prepared.error,
-            unchanged=prepared.unchanged,
-        )
+        return Loaded(asset, asset.fingerprint(prepared.sha256), prepared)
 
     return collect
 
@@ -202,20 +188,20 @@ def embed_batch(
         QuarantineRecord(
             id=item.asset.id,
             uri=item.asset.uri,
-            sha256=item.sha256,
+            sha256=item.file.sha256,
             fingerprint=item.fingerprint,
             size_bytes=item.asset.size_bytes,
             mtime_ns=item.asset.mtime_ns,
-            reason=item.error,
+            reason=item.file.error,
         )
         for item in items
-        if item.error is not None
+        if item.file.error is not None
     ]
-    good = [i for i in items if i.pixels is not None]
+    good = [i for i in items if i.file.pixels is not None]
     if not good:
         return [], quarantined, 0.0
     start = time.perf_counter()
-    prediction = embedder.predict(np.stack([i.pixels for i in good]))
+    prediction = embedder.predict(np.stack([i.file.pixels for i in good]))
     labels = labeler.detect_batch(
         prediction.probabilities,
         min_confidence=settings.label_min_confidence,
@@ -226,13 +212,13 @@ def embed_batch(
         AssetDocument(
             id=item.asset.id,
             uri=item.asset.uri,
-            sha256=item.sha256,
+            sha256=item.file.sha256,
             fingerprint=item.fingerprint,
             size_bytes=item.asset.size_bytes,
             mtime_ns=item.asset.mtime_ns,
-            width=item.width,
-            height=item.height,
-            format=item.format,
+            width=item.file.width,
+            height=item.file.height,
+            format=item.file.format,
             title=item.asset.title,
             description=item.asset.description,
             keywords=list(item.asset.keywords),
@@ -258,10 +244,10 @@ def process_batch(
     """Mapper + writer for one batch of loaded assets. Idempotent: upserts by id."""
     docs, quarantined, embed_seconds = embed_batch(items, embedder, labeler, settings)
     result = BatchResult(
-        unchanged=sum(i.unchanged for i in items),
+        unchanged=sum(i.file.unchanged for i in items),
         quarantined=quarantined,
         quarantined_earlier=sum(
-            i.unchanged and (state := stored.get(i.asset.id)) is not None and state.quarantined
+            i.file.unchanged and (state := stored.get(i.asset.id)) is not None and state.quarantined
             for i in items
         ),
     )

@@ -95,8 +95,9 @@ started = time.perf_counter()
 results = {}
 for batch in read_batches(batches, spec, settings, {}):
     for item in batch:
-        ok = item.pixels is not None and item.pixels.shape == (spec.image_size, spec.image_size, 3)
-        results[item.asset.path.name] = "ok" if ok else (item.error or "no pixels, no reason")
+        pixels = item.file.pixels
+        ok = pixels is not None and pixels.shape == (spec.image_size, spec.image_size, 3)
+        results[item.asset.path.name] = "ok" if ok else (item.file.error or "no pixels, no reason")
 print(json.dumps({"results": results, "seconds": time.perf_counter() - started}))
 """
 
