@@ -60,9 +60,11 @@ class HeaderTimeoutProtocol(HttpToolsProtocol):
             self.transport.close()
 
 
-def server_config(app: FastAPI, settings: Settings, host: str, port: int) -> uvicorn.Config:
+def server_config(
+    app: FastAPI, settings: Settings, host: str, port: int, **options: Any
+) -> uvicorn.Config:
     """How ``lookalike serve`` (and the tests) run ``app``: header and keep-alive timeouts
-    from the settings, no ``Server`` header."""
+    from the settings, no ``Server`` header; ``options`` go to ``uvicorn.Config``."""
     return uvicorn.Config(
         app,
         host=host,
@@ -72,5 +74,5 @@ def server_config(app: FastAPI, settings: Settings, host: str, port: int) -> uvi
         ),
         timeout_keep_alive=settings.api_keep_alive_s,
         server_header=False,
-        log_level="warning" if port == 0 else "info",
+        **options,
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -39,7 +40,8 @@ def serving(settings: Settings) -> Iterator[str]:
     from search_api import create_app
     from search_api.server import server_config
 
-    server = uvicorn.Server(server_config(create_app(settings), settings, "127.0.0.1", 0))
+    config = server_config(create_app(settings), settings, "127.0.0.1", 0, log_level="warning")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -74,8 +76,8 @@ def unprivileged(command: list[str]) -> list[str]:
 
 @dataclass(frozen=True)
 class Finished:
-    """A command that ran to its end: exit code, output, and the peak resident memory of it
-    and the processes it waited for (its decode workers), from the kernel's accounting."""
+    """A command that ran to its end: exit code, output, and the peak resident memory of the
+    largest process among it and those it waited for (its decode workers)."""
 
     code: int
     stdout: str
@@ -83,26 +85,39 @@ class Finished:
     peak_rss_bytes: int
 
 
+# Runs the command and writes the peak memory of its process tree to the file named first.
+# Measured by this small parent: a child forked from the test session would count the session's
+# own memory (the kernel keeps the high-water mark across fork and exec).
+_MEASURE = (
+    "import resource, subprocess, sys; code = subprocess.call(sys.argv[2:]); "
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+    "sys.exit(code if code >= 0 else 128 - code)"
+)
+
+
 def run_measured(command: list[str], env: Mapping[str, str], timeout_s: float) -> Finished:
-    """Run ``command`` and measure its peak memory (``wait4``: this process only, not every
-    child the test session ever had); killed after ``timeout_s``, which fails the test."""
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        proc = subprocess.Popen(command, stdout=out, stderr=err, env=dict(env))
-        timer = threading.Timer(timeout_s, proc.kill)
-        timer.start()
+    """Run ``command`` and measure its peak memory; killed (with everything it started) after
+    ``timeout_s``, which fails the test."""
+    with tempfile.TemporaryDirectory() as scratch:
+        peak = Path(scratch) / "peak"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _MEASURE, str(peak), *command],
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: a timeout kills all of it
+        )
         try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        finally:
-            timer.cancel()
-        proc.returncode = code = os.waitstatus_to_exitcode(status)
-        assert code != -9, f"{command[:3]}... was still running after {timeout_s} s"
-        out.seek(0)
-        err.seek(0)
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise AssertionError(f"{command[:3]}... still ran after {timeout_s} s") from None
         return Finished(
-            code,
-            out.read().decode(errors="replace"),
-            err.read().decode(errors="replace"),
-            usage.ru_maxrss * 1024,
+            proc.returncode,
+            out.decode(errors="replace"),
+            err.decode(errors="replace"),
+            int(peak.read_text()) * 1024,
         )
 
 

@@ -25,11 +25,16 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline.document import AssetDocument, Label
+from pipeline.document import AssetDocument, IngestSummary, Label
 from pipeline.settings import Settings
 from pipeline.store import open_store
 from pipeline.store.base import LabelFilter, SearchRequest, Store
-from pipeline.store.cluster import plain_body
+from pipeline.store.cluster import (
+    index_body_from_template,
+    plain_body,
+    runs_index,
+    runs_template,
+)
 from pipeline.store.embedded import EmbeddedStore, asset_schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -326,6 +331,32 @@ def test_the_run_log_keeps_every_run(library) -> None:
     first = next(r for r in runs if r.run_id == summary.run_id)
     assert first.new == summary.new and len(first.quarantined) == 3
     assert runs == sorted(runs, key=lambda r: r.started_at, reverse=True)
+
+
+@pytest.mark.parametrize("cluster", ["opensearch", "elasticsearch"])
+def test_a_run_log_made_by_an_earlier_version_takes_the_new_fields(
+    cluster: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Run summaries gained ``outcome`` and ``quarantined_earlier``: a strict runs index made
+    before them must take them, not reject every run recorded from now on."""
+    settings = request.getfixturevalue(f"{cluster}_node").settings(tmp_path, table="upgrade")
+    with open_store("t@1", settings) as store:
+        index = runs_index(settings.table)
+        store.client.indices.delete(index=index, ignore_unavailable=True)
+        old = runs_template(settings.table)
+        for field in ("outcome", "quarantined_earlier"):
+            del old["template"]["mappings"]["properties"][field]
+        store.client.indices.create(index=index, body=index_body_from_template(old))
+        try:
+            store.record_run(
+                IngestSummary(run_id="r1", outcome="quarantined", quarantined_earlier=2)
+            )
+            runs = store.runs()
+        finally:
+            store.client.indices.delete(index=index)
+    assert [(r.run_id, r.outcome, r.quarantined_earlier) for r in runs] == [
+        ("r1", "quarantined", 2)
+    ]
 
 
 # -- selective filters and the alias ------------------------------------------------------------

@@ -749,9 +749,13 @@ class ClusterStore(Store):
         )
         if not self.client.indices.exists(index=index):
             self._create(index, index_body_from_template(template))
-        else:  # made by an earlier version: add the fields this one writes (strict mapping)
+        elif index == self.runs_index:
+            # Run summaries gained fields (outcome, quarantined_earlier): a strict mapping made
+            # by an earlier version would reject them, so add what it lacks.
             properties = template["template"]["mappings"]["properties"]
-            self.client.indices.put_mapping(index=index, body={"properties": properties})
+            known = self._mapping(index).get("properties", {})
+            if missing := {k: v for k, v in properties.items() if k not in known}:
+                self.client.indices.put_mapping(index=index, body={"properties": missing})
         self._ready.add(index)
 
     @reported
