@@ -22,9 +22,9 @@ from pipeline.store import open_store
 
 pytestmark = pytest.mark.slow
 
-# The CLI process holds TensorFlow and the model (1.2 GB here, peak of the whole run); decoding one file at the
-# pixel limit adds a few hundred megabytes in a worker. Reading /dev/zero to the end, or
-# decoding a bomb, would go far beyond.
+# The whole run peaked at 1.2 GB here: the CLI process holds TensorFlow and the model; a worker
+# decoding one file at the pixel limit takes a few hundred megabytes. Reading /dev/zero to the
+# end, or decoding a bomb, would go far beyond.
 PEAK_RSS_LIMIT = 2 * 2**30
 LIMITS = {"max_image_pixels": MAX_PIXELS, "max_file_bytes": MAX_FILE_BYTES, "batch_size": 16}
 
