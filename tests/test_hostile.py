@@ -129,8 +129,13 @@ def test_a_removed_symlink_to_an_outside_file_loses_its_document(tmp_path, setti
 
 
 # 8, 9 ----------------------------------------------------------------------------------------
-def test_an_unreadable_file_is_retried_and_indexed_once_readable(tmp_path, embedder):
+def test_unreadable_files_and_folders_are_retried_and_lose_nothing(tmp_path, embedder):
+    """``lookalike ingest`` as a process that file permissions apply to: an unreadable file is
+    quarantined, then indexed by the next run once readable (chmod changes neither size nor
+    mtime); a folder that cannot be listed deletes none of the documents under it."""
     library = library_of(tmp_path / "lib", {"ok.jpg": GOOD, "private.jpg": GOOD})
+    (library / "album").mkdir()
+    (library / "album" / "a.jpg").write_bytes(encode(photo(seed=4), "JPEG"))
     (library / "private.jpg").chmod(0)
     env = cli_env(tmp_path / "home", get_settings().model_dir)
     command = unprivileged([str(LOOKALIKE), "ingest", str(library), "--json"])
@@ -139,13 +144,24 @@ def test_an_unreadable_file_is_retried_and_indexed_once_readable(tmp_path, embed
     assert json.loads(first.stdout)["quarantined"] == [
         {"uri": path_to_uri(library / "private.jpg"), "reason": "permission denied"}
     ]
-    (library / "private.jpg").chmod(0o644)  # changes neither size nor mtime
-    second = run_measured(command, env, timeout_s=300)
-    assert second.code == 0, second.stderr  # every file indexed
+    (library / "private.jpg").chmod(0o644)
+    (library / "album").chmod(0)
+    try:
+        second = run_measured(command, env, timeout_s=300)
+    finally:
+        (library / "album").chmod(0o755)
+    assert second.code == 3, second.stderr
     summary = json.loads(second.stdout)
-    assert (summary["new"], summary["outcome"], summary["quarantined"]) == (1, "indexed", [])
+    assert (summary["new"], summary["deleted"]) == (1, 0), "retried; nothing deleted"
+    [folder] = summary["quarantined"]
+    assert folder["uri"] == path_to_uri(library / "album")
+    assert "cannot list folder" in folder["reason"]
+    third = run_measured(command, env, timeout_s=300)
+    assert third.code == 0, third.stderr  # every file indexed
+    summary = json.loads(third.stdout)
+    assert (summary["outcome"], summary["deleted"]) == ("indexed", 1)  # the folder's entry
     store = open_store(embedder.model_id, Settings(home=tmp_path / "home"))
-    assert store.quarantined() == [] and store.count() == 2
+    assert store.quarantined() == [] and store.count() == 3
 
 
 def test_ingest_exit_codes(tmp_path, embedder, monkeypatch):
@@ -229,28 +245,6 @@ def _indexes(store: EmbeddedStore) -> dict[str, tuple[str, int]]:
         i.name: (i.index_type, table.index_stats(i.name).num_unindexed_rows)
         for i in table.list_indices()
     }
-
-
-# the unlistable folder ------------------------------------------------------------------------
-def test_documents_under_a_folder_that_cannot_be_listed_are_kept(tmp_path, embedder):
-    library = tmp_path / "lib"
-    (library / "album").mkdir(parents=True)
-    (library / "album" / "a.jpg").write_bytes(GOOD)
-    (library / "b.jpg").write_bytes(encode(photo(seed=4), "JPEG"))
-    env = cli_env(tmp_path / "home", get_settings().model_dir)
-    command = unprivileged([str(LOOKALIKE), "ingest", str(library), "--json"])
-    assert run_measured(command, env, timeout_s=300).code == 0
-    (library / "album").chmod(0)
-    try:
-        locked = run_measured(command, env, timeout_s=300)
-    finally:
-        (library / "album").chmod(0o755)
-    assert locked.code == 3, locked.stderr
-    summary = json.loads(locked.stdout)
-    assert summary["deleted"] == 0, "a folder that cannot be listed deletes nothing"
-    assert "cannot list folder" in summary["quarantined"][0]["reason"]
-    store = open_store(embedder.model_id, Settings(home=tmp_path / "home"))
-    assert store.count() == 2
 
 
 # 6 -------------------------------------------------------------------------------------------
