@@ -12,7 +12,15 @@ XCom, logged, and recorded in the store, where Dashboards and `lookalike runs` r
 be scheduled on it).
 
 **Safe to re-run and to retry**: documents are upserted by id, so a retried batch or a re-run
-interval duplicates nothing; each batch carries the index state it was planned against.
+interval duplicates nothing; each batch carries the index state it was planned against. A run
+killed half-way is recorded as "running" and marked "interrupted" by the next one, which also
+builds whatever indexes it left missing.
+
+**Outcome**: the `summary` XCom's `outcome` is `indexed` (every file indexed) or `quarantined`
+(some files are quarantined, by this run or an earlier one), the outcomes `lookalike ingest`
+exits 0 and 3 for; the task logs a warning for the latter. Files that cannot be read (FIFOs,
+devices, loops, permissions), decoded, or decoded within `LOOKALIKE_DECODE_TIMEOUT_S` are
+quarantined, never fatal.
 
 **Params**: `source` (folder), `manifest` (CSV/Parquet with titles, keywords, metadata),
 `batch_size` (images per mapped task) and `store` (`embedded`, `opensearch`, `elasticsearch`).
@@ -155,17 +163,25 @@ def lookalike_ingest() -> None:
             _settings(params),
         )
         log.info(
-            "new %d, updated %d, unchanged %d, deleted %d, quarantined %d (%.1f s, %.1f images/s)",
+            "%s: new %d, updated %d, unchanged %d, deleted %d, quarantined %d (+%d earlier) "
+            "(%.1f s, %.1f images/s)",
+            run.outcome,
             run.new,
             run.updated,
             run.unchanged,
             run.deleted,
             len(run.quarantined),
+            run.quarantined_earlier,
             run.duration_s,
             run.images_per_s,
         )
         for item in run.quarantined:
             log.warning("quarantined %s: %s", item.uri, item.reason)
+        if run.outcome == "quarantined":
+            log.warning(
+                "finished with quarantined files (`lookalike ingest` exits 3 for this outcome); "
+                "`lookalike quarantine` lists them"
+            )
         return run.model_dump(mode="json")
 
     @task(outlets=[INDEX])

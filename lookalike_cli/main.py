@@ -70,9 +70,19 @@ def main(
     """Lookalike: find similar images, offline."""
 
 
+# `lookalike ingest` exit codes (documented in README.md): 2 is a usage error (a missing folder,
+# a bad manifest), as for every command; 1 a run that failed (the store, or a bug).
+EXIT_INDEXED = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_QUARANTINED = 3
+_EXIT_CODES = {"indexed": EXIT_INDEXED, "quarantined": EXIT_QUARANTINED}
+
+
 @contextmanager
-def _user_errors() -> Iterator[None]:
-    """Expected failures become one red line and exit code 2, not a traceback."""
+def _user_errors(failures: tuple[type[Exception], ...] = ()) -> Iterator[None]:
+    """Expected failures become one red line, not a traceback: exit code 1 for ``failures``
+    (the command could not do its work), 2 for the others (the input was wrong)."""
     try:
         yield
     except (
@@ -84,7 +94,7 @@ def _user_errors() -> Iterator[None]:
         ValueError,
     ) as exc:
         console.print(f"[bold red]error:[/] {exc}")
-        raise typer.Exit(2) from None
+        raise typer.Exit(EXIT_FAILED if isinstance(exc, failures) else EXIT_USAGE) from None
 
 
 @app.command()
@@ -96,13 +106,18 @@ def ingest(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Index new and changed images, quarantine broken ones, remove deleted ones."""
-    with _user_errors():
+    """Index new and changed images, quarantine broken ones, remove deleted ones.
+
+    Exit code: 0 every file is indexed; 3 the run finished but some files are quarantined (by
+    this run or an earlier one: `lookalike quarantine` lists them); 1 the run failed; 2 the
+    arguments are wrong."""
+    with _user_errors(failures=(StoreError,)):
         summary = _run_with_progress(run_ingest, source, manifest, quiet=as_json)
     if as_json:
         out.print_json(data=summary.model_dump(mode="json"))
     else:
         _print_summary(summary)
+    raise typer.Exit(_EXIT_CODES[summary.outcome])
 
 
 @app.command()
@@ -304,14 +319,15 @@ def serve(
     ] = None,
 ) -> None:
     """Start the search API and its web page (uvicorn); the model loads before it listens."""
+    # The API app's dependencies (FastAPI, uvicorn's protocols) load for this command only.
+    from search_api import create_app
+    from search_api.server import server_config
+
     settings = get_settings()
-    # By name: the CLI and the API are apps side by side, neither imports the other.
-    uvicorn.run(
-        "search_api:create_app",
-        factory=True,
-        host=host or settings.api_host,
-        port=port or settings.api_port,
-    )
+    app_ = create_app(settings)
+    uvicorn.Server(
+        server_config(app_, settings, host or settings.api_host, port or settings.api_port)
+    ).run()
 
 
 def _run_with_progress(run, source: Path, manifest: Path | None, quiet: bool) -> IngestSummary:
@@ -340,6 +356,11 @@ def _print_summary(summary: IngestSummary) -> None:
     )
     for item in summary.quarantined:
         out.print(f"  [yellow]quarantined[/] {item.uri}: {item.reason}")
+    if summary.quarantined_earlier:
+        out.print(
+            f"  {summary.quarantined_earlier} unchanged files stay quarantined "
+            "(lookalike quarantine lists them)"
+        )
 
 
 def _hits_json(response: SearchResponse) -> dict:

@@ -100,9 +100,15 @@ class QuarantinedItem(BaseModel):
     reason: str
 
 
+Outcome = Literal["running", "interrupted", "indexed", "quarantined"]
+
+
 class IngestSummary(BaseModel):
     """What an ingestion run did: printed by ``lookalike ingest --json``, returned by the
-    Airflow DAG as XCom, and kept in the run log (``RunLog``) for Dashboards."""
+    Airflow DAG as XCom, and kept in the run log (``RunLog``) for Dashboards.
+
+    A run with work to do is recorded when it starts (``outcome`` "running"), so a run that is
+    killed still shows up; the next run over the same source marks it "interrupted"."""
 
     kind: Literal["ingest"] = "ingest"
     run_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
@@ -112,7 +118,20 @@ class IngestSummary(BaseModel):
     updated: int = 0
     unchanged: int = 0
     deleted: int = 0
-    quarantined: list[QuarantinedItem] = Field(default_factory=list)
+    quarantined: list[QuarantinedItem] = Field(
+        default_factory=list, description="Files this run quarantined, with the reason."
+    )
+    quarantined_earlier: int = Field(
+        0,
+        description="Files of the source that an earlier run quarantined and that did not change "
+        "since (not retried; `lookalike quarantine` lists them).",
+    )
+    outcome: Outcome = Field(
+        "indexed",
+        description="indexed: every file of the source is indexed; quarantined: some are "
+        "quarantined (this run or earlier); running: not finished (yet); interrupted: it never "
+        "finished (killed or failed; a later run over the source completed its work).",
+    )
     model: str = ""
     duration_s: float = 0.0
     images_per_s: float = 0.0
@@ -261,6 +280,8 @@ RUN_FIELDS: tuple[FieldSpec, ...] = (
         for name in ("new", "updated", "unchanged", "deleted")
     ),
     FieldSpec("quarantined", "json", "Ingest: the files quarantined, with reasons."),
+    FieldSpec("quarantined_earlier", "integer", "Ingest: unchanged files quarantined before."),
+    FieldSpec("outcome", "keyword", "Ingest: indexed, quarantined, running, interrupted.", True),
     FieldSpec(
         "quarantined_count",
         "integer",

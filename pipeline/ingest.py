@@ -3,8 +3,9 @@
 A small runner of three stages, shaped like clip-retrieval's inference (reader -> mapper ->
 writer), each timed per batch so a slow stage shows up in the run's summary:
 
-* **reader** (``read``): threads read, hash, decode and resize files ahead of the model, up to
-  two batches ahead, across batch boundaries;
+* **reader** (``read``): worker processes (``pipeline.decode.DecodePool``) read, hash, decode
+  and resize files ahead of the model, each file under a time limit, up to two batches ahead,
+  across batch boundaries;
 * **mapper** (``embed``): one batched model call per batch, giving embeddings and ImageNet
   probabilities, turned into labels; files that could not be decoded become quarantine records;
 * **writer**: ``IndexWriter`` upserts the documents into one model version's index and keeps
@@ -12,20 +13,19 @@ writer), each timed per batch so a slow stage shows up in the run's summary:
 
 A run is planned first and executed second, so the same code serves one process and many:
 ``plan_run`` decides everything (what to embed, what to delete) into a JSON-serialisable
-``RunPlan``; ``plan_batches`` splits its work; ``run_batch`` does one batch (an Airflow mapped
-task; idempotent, because writes are upserts by id); ``remove_deleted`` and ``finish_run`` close
-the run. ``ingest`` chains the same functions in one process for the CLI.
+``RunPlan`` and records the run as "running"; ``plan_batches`` splits its work; ``run_batch``
+does one batch (an Airflow mapped task; idempotent, because writes are upserts by id);
+``remove_deleted`` and ``finish_run`` close the run (and repair what a killed run left: its
+record, unbuilt indexes). ``ingest`` chains the same functions in one process for the CLI.
 """
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,7 +36,8 @@ import numpy as np
 from pydantic import BaseModel, Field
 
 from pipeline import discover
-from pipeline.decode import DecodeError, decode_image
+from pipeline.backbones import ModelSpec
+from pipeline.decode import DecodePool, PreparedFile
 from pipeline.discover import SourceAsset
 from pipeline.document import (
     AliasSwitch,
@@ -56,21 +57,20 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 R = TypeVar("R")
 
+# How many recent runs finish_run looks through for ones that were killed.
+_RUNS_CHECKED = 100
 
-@dataclass
+
+@dataclass(frozen=True)
 class Loaded:
-    """A source asset after the reader stage: model-ready pixels, or why it has none."""
+    """A source asset after the reader stage: the state the store held for it, its fingerprint
+    and what the decode worker made of its file (model-ready pixels, or why there are none;
+    ``file.unchanged``: touched, new mtime, but the same content)."""
 
     asset: SourceAsset
-    previous: StoredState | None = None
-    sha256: str = ""
-    fingerprint: str = ""
-    pixels: np.ndarray | None = None
-    width: int = 0
-    height: int = 0
-    format: str = ""
-    error: str | None = None
-    unchanged: bool = False  # touched (new mtime) but same content and metadata
+    previous: StoredState | None
+    fingerprint: str
+    file: PreparedFile
 
 
 @dataclass
@@ -89,6 +89,9 @@ class BatchResult(BaseModel):
     updated: int = 0
     unchanged: int = 0
     quarantined: list[QuarantineRecord] = Field(default_factory=list)
+    quarantined_earlier: int = Field(
+        0, description="Unchanged files (touched, same content) that stay quarantined."
+    )
     seconds: dict[str, float] = Field(default_factory=dict)
 
     def add(self, other: BatchResult) -> None:
@@ -96,6 +99,7 @@ class BatchResult(BaseModel):
         self.updated += other.updated
         self.unchanged += other.unchanged
         self.quarantined += other.quarantined
+        self.quarantined_earlier += other.quarantined_earlier
         for stage, seconds in other.seconds.items():
             self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
 
@@ -127,53 +131,54 @@ class RunPlan(BaseModel):
         default_factory=list, description="Ids in the store whose file is gone."
     )
     unchanged: int = 0
+    quarantined_earlier: int = Field(
+        0, description="Unchanged files that an earlier run quarantined."
+    )
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self.todo or self.deleted)
 
 
 # -- reader ------------------------------------------------------------------------------------
 
 
-def load(ref: AssetRef, embedder: Embedder, settings: Settings) -> Loaded:
-    """Read one file once, hash it, decode it safely and resize it for the model."""
-    asset = ref.asset
-    loaded = Loaded(asset, ref.previous, fingerprint=asset.fingerprint(""))
-    if not asset.exists:
-        loaded.error = "file not found"
-        return loaded
-    if asset.size_bytes > settings.max_file_bytes:
-        loaded.error = f"file too large: {asset.size_bytes} bytes (limit {settings.max_file_bytes})"
-        return loaded
-    try:
-        data = asset.path.read_bytes()
-    except OSError as exc:
-        loaded.error = f"cannot read: {exc}"
-        return loaded
-    loaded.sha256 = hashlib.sha256(data).hexdigest()
-    loaded.fingerprint = asset.fingerprint(loaded.sha256)
-    if ref.previous is not None and ref.previous.fingerprint == loaded.fingerprint:
-        loaded.unchanged = True
-        return loaded
-    try:
-        decoded = decode_image(
-            data, max_pixels=settings.max_image_pixels, min_size=embedder.spec.resize_size
-        )
-    except DecodeError as exc:
-        loaded.error = str(exc)
-        return loaded
-    loaded.pixels = embedder.preprocess(decoded.image)
-    loaded.width, loaded.height, loaded.format = decoded.width, decoded.height, decoded.format
-    return loaded
+def _start_loading(
+    pool: DecodePool, ref: AssetRef, spec: ModelSpec, settings: Settings
+) -> Callable[[], Loaded]:
+    """Reader stage for one file: hand it to a decode worker (read once, hash, decode safely,
+    resize for the model) and return how to collect the result. A file the scan found
+    unreadable never reaches a worker; one whose metadata did not change is hashed there and
+    decoded only if its content did."""
+    asset, state = ref.asset, ref.previous
+    if asset.problem is not None:
+        loaded = Loaded(asset, state, asset.fingerprint(""), PreparedFile(error=asset.problem))
+        return lambda: loaded
+    unchanged_metadata = state is not None and state.fingerprint == asset.fingerprint(state.sha256)
+    future = pool.submit(
+        asset.path,
+        max_bytes=settings.max_file_bytes,
+        max_pixels=settings.max_image_pixels,
+        spec=spec,
+        expected_sha256=state.sha256 if unchanged_metadata else None,
+    )
+
+    def collect() -> Loaded:
+        prepared = pool.result(future, asset.path, settings.max_file_bytes)
+        return Loaded(asset, state, asset.fingerprint(prepared.sha256), prepared)
+
+    return collect
 
 
 def read(
-    batches: Sequence[Sequence[AssetRef]], embedder: Embedder, settings: Settings
+    batches: Sequence[Sequence[AssetRef]], spec: ModelSpec, settings: Settings
 ) -> Iterator[tuple[list[Loaded], float]]:
-    """Reader stage over whole batches: decode threads stay up to two batches ahead of the
+    """Reader stage over whole batches: decode workers stay up to two batches ahead of the
     model. Yields each batch with the seconds the caller waited for it."""
     window = 2 * max(map(len, batches), default=1)
-    with ThreadPoolExecutor(settings.decode_workers, thread_name_prefix="decode") as pool:
+    with DecodePool(settings.decode_workers, settings.decode_timeout_s) as pool:
         loaded = _prefetch(
-            pool,
-            lambda ref: load(ref, embedder, settings),
+            lambda ref: _start_loading(pool, ref, spec, settings),
             (ref for batch in batches for ref in batch),
             window=window,
         )
@@ -189,11 +194,11 @@ def read(
 def embed(items: list[Loaded], embedder: Embedder, labeler: Labeler, settings: Settings) -> Mapped:
     """Documents for the decodable items (one model call), quarantine records for the others.
     Writes nothing."""
-    failed = [_record(item, item.error) for item in items if item.error is not None]
-    good = [i for i in items if i.pixels is not None]
+    failed = [_record(item, item.file.error) for item in items if item.file.error is not None]
+    good = [i for i in items if i.file.pixels is not None]
     if not good:
         return Mapped(items, [], failed)
-    prediction = embedder.predict(np.stack([i.pixels for i in good]))
+    prediction = embedder.predict(np.stack([i.file.pixels for i in good]))
     labels = labeler.detect_batch(
         prediction.probabilities,
         min_confidence=settings.label_min_confidence,
@@ -203,13 +208,13 @@ def embed(items: list[Loaded], embedder: Embedder, labeler: Labeler, settings: S
         AssetDocument(
             id=item.asset.id,
             uri=item.asset.uri,
-            sha256=item.sha256,
+            sha256=item.file.sha256,
             fingerprint=item.fingerprint,
             size_bytes=item.asset.size_bytes,
             mtime_ns=item.asset.mtime_ns,
-            width=item.width,
-            height=item.height,
-            format=item.format,
+            width=item.file.width,
+            height=item.file.height,
+            format=item.file.format,
             title=item.asset.title,
             description=item.asset.description,
             keywords=list(item.asset.keywords),
@@ -228,7 +233,7 @@ def _record(item: Loaded, reason: str) -> QuarantineRecord:
     return QuarantineRecord(
         id=item.asset.id,
         uri=item.asset.uri,
-        sha256=item.sha256,
+        sha256=item.file.sha256,
         fingerprint=item.fingerprint,
         size_bytes=item.asset.size_bytes,
         mtime_ns=item.asset.mtime_ns,
@@ -248,7 +253,13 @@ class IndexWriter:
         self.quarantine = quarantine
 
     def __call__(self, batch: Mapped) -> BatchResult:
-        result = BatchResult(unchanged=sum(i.unchanged for i in batch.items))
+        result = BatchResult(
+            unchanged=sum(i.file.unchanged for i in batch.items),
+            quarantined_earlier=sum(
+                i.file.unchanged and i.previous is not None and i.previous.quarantined
+                for i in batch.items
+            ),
+        )
         failed = list(batch.failed)
         docs = batch.docs
         try:
@@ -297,7 +308,7 @@ def run_stages(
     meanwhile)."""
 
     labeler = get_labeler()
-    for number, (items, read_wait) in enumerate(read(batches, embedder, settings), 1):
+    for number, (items, read_wait) in enumerate(read(batches, embedder.spec, settings), 1):
         start = time.perf_counter()
         mapped = embed(items, embedder, labeler, settings)
         embedded = time.perf_counter()
@@ -330,20 +341,39 @@ def plan_run(
     run_id: str | None = None,
 ) -> RunPlan:
     """Discover stage: scan ``source`` (and the manifest) and compare it with the index of
-    ``model`` (default: the active one). Reads files' metadata only, never their pixels."""
+    ``model`` (default: the active one). Reads files' metadata only, never their pixels. A run
+    with work to do is recorded as "running" right away: if it never finishes, it still shows
+    up (and the next run marks it "interrupted")."""
     settings = settings or get_settings()
     with _opened(library, settings) as lib:
         index = lib.index(model)
         stored = lib.states(index)
-        work = discover.plan(discover.scan(Path(source), manifest), stored, Path(source))
-        return RunPlan(
+        assets = discover.scan(Path(source), manifest, max_file_bytes=settings.max_file_bytes)
+        work = discover.plan(assets, stored, Path(source))
+        plan = RunPlan(
             run_id=run_id or uuid.uuid4().hex,
             source=discover.path_to_uri(Path(source)),
             model=index.model_id,
             todo=[AssetRef(asset=asset, previous=stored.get(asset.id)) for asset in work.todo],
             deleted=work.deleted,
             unchanged=work.unchanged,
+            quarantined_earlier=work.quarantined_earlier,
         )
+        if plan.has_work:
+            lib.runs.record(_summary(plan, outcome="running"))
+        return plan
+
+
+def _summary(plan: RunPlan, **fields: object) -> IngestSummary:
+    return IngestSummary(
+        run_id=plan.run_id,
+        source=plan.source,
+        started_at=plan.started_at,
+        unchanged=plan.unchanged,
+        quarantined_earlier=plan.quarantined_earlier,
+        model=plan.model,
+        **fields,
+    )
 
 
 def plan_batches(
@@ -420,24 +450,24 @@ def finish_run(
 ) -> IngestSummary:
     """Summarise the run, make the first index ever built the active one, bring the index's
     search structures up to date and record the summary in the run log (where Dashboards and
-    ``lookalike runs`` read it). An idle run records nothing: it wrote nothing. Safe to retry:
-    the run is recorded under its id."""
-    summary = IngestSummary(
-        run_id=plan.run_id,
-        source=plan.source,
-        started_at=plan.started_at,
-        unchanged=plan.unchanged,
-        deleted=deleted,
-        model=plan.model,
-    )
+    ``lookalike runs`` read it). Safe to retry: the run is recorded under its id.
+
+    It also repairs what an earlier run over the same source left when it was killed: its
+    record ("running") becomes "interrupted", and the index's optimise step (a no-op on an
+    index in order) builds what the killed run never built. An idle run on a store in order
+    records nothing: it wrote nothing."""
+    summary = _summary(plan, deleted=deleted)
     merged = BatchResult()
     for result in results:
         merged.add(result)
     summary.new, summary.updated = merged.new, merged.updated
     summary.unchanged += merged.unchanged
+    summary.quarantined_earlier += merged.quarantined_earlier
     summary.quarantined = [QuarantinedItem(uri=r.uri, reason=r.reason) for r in merged.quarantined]
     summary.stage_seconds = dict(merged.seconds)
-    changed = bool(summary.new or summary.updated or summary.deleted)
+    summary.outcome = (
+        "quarantined" if summary.quarantined or summary.quarantined_earlier else "indexed"
+    )
     with _opened(library, settings or get_settings()) as lib:
         index = lib.index(plan.model)
         if lib.catalogue.active() is None and index.count():
@@ -450,15 +480,32 @@ def finish_run(
                 )
             )
         start = time.perf_counter()
-        index.optimize()  # also repairs what an interrupted run left unbuilt
+        index.optimize()
         summary.stage_seconds["optimize"] = time.perf_counter() - start
+        interrupted = _mark_interrupted(lib, plan)
         summary.duration_s = round((datetime.now(UTC) - plan.started_at).total_seconds(), 3)
         embedded = summary.new + summary.updated
         summary.images_per_s = round(embedded / summary.duration_s, 2) if summary.duration_s else 0
         summary.stage_seconds = {k: round(v, 3) for k, v in summary.stage_seconds.items()}
-        if changed or summary.quarantined:
+        if plan.has_work or summary.quarantined or interrupted:
             lib.runs.record(summary)
     return summary
+
+
+def _mark_interrupted(library: Library, plan: RunPlan) -> int:
+    """Mark earlier runs over ``plan``'s source still recorded as "running" as "interrupted"
+    (this run did their work); return how many there were."""
+    stale = [
+        run
+        for run in library.runs.runs(_RUNS_CHECKED)
+        if run.outcome == "running"
+        and run.source == plan.source
+        and run.run_id != plan.run_id
+        and run.started_at < plan.started_at
+    ]
+    for run in stale:
+        library.runs.record(run.model_copy(update={"outcome": "interrupted"}))
+    return len(stale)
 
 
 def ingest(
@@ -507,14 +554,15 @@ def _opened(library: Library | None, settings: Settings) -> Iterator[Library]:
 
 
 def _prefetch(
-    pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], window: int
+    start: Callable[[T], Callable[[], R]], items: Iterable[T], window: int
 ) -> Iterator[R]:
-    """``map`` over a thread pool, in order, with at most ``window`` items in flight, so the
-    readers stay ahead of the model without holding a whole library in memory."""
-    pending: deque = deque()
+    """Start ``items`` in order (``start`` returns how to collect each one's result) and yield
+    their results in order, with at most ``window`` in flight, so the readers stay ahead of the
+    model without holding a whole library in memory."""
+    pending: deque[Callable[[], R]] = deque()
     for item in items:
-        pending.append(pool.submit(fn, item))
+        pending.append(start(item))
         if len(pending) >= window:
-            yield pending.popleft().result()
+            yield pending.popleft()()
     while pending:
-        yield pending.popleft().result()
+        yield pending.popleft()()

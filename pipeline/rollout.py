@@ -33,15 +33,14 @@ from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 from pydantic import BaseModel, Field
 
 from pipeline.backbones import get_spec
-from pipeline.decode import DecodeError, decode_image
-from pipeline.discover import SourceAsset, read_manifest
+from pipeline.decode import DecodeError, decode_image, read_file
+from pipeline.discover import SourceAsset, read_manifest, uri_to_path
 from pipeline.document import AliasSwitch, AssetDocument, QuarantinedItem
 from pipeline.embed import Embedder, get_embedder
 from pipeline.ingest import AssetRef, Mapped, plan_batches, run_stages
@@ -495,16 +494,11 @@ def _rank1_rate(index: DocumentIndex, vectors: np.ndarray, truth: Sequence[str])
 # -- helpers -----------------------------------------------------------------------------------
 
 
-def _path(uri: str) -> Path | None:
-    parsed = urlparse(uri)
-    return Path(unquote(parsed.path)) if parsed.scheme == "file" else None
-
-
 def _source_asset(doc: AssetDocument) -> SourceAsset:
     """The asset behind an indexed document as ingestion would see it now: its file's current
     size and mtime (so the next ingest finds it unchanged) and the document's metadata (so the
     fingerprint, which covers both, matches when the file did not change)."""
-    path = _path(doc.uri)
+    path = uri_to_path(doc.uri)
     try:
         stat = path.stat() if path is not None else None
     except OSError:
@@ -512,22 +506,23 @@ def _source_asset(doc: AssetDocument) -> SourceAsset:
     return SourceAsset(
         id=doc.id,
         uri=doc.uri,
-        path=path or Path(),
         size_bytes=stat.st_size if stat else 0,
         mtime_ns=stat.st_mtime_ns if stat else 0,
         title=doc.title,
         description=doc.description,
         keywords=tuple(doc.keywords),
         metadata=dict(doc.metadata),
-        exists=stat is not None,
+        problem=None if stat else "file not found",
     )
 
 
 def _read_image(doc: AssetDocument, settings: Settings) -> Image.Image | None:
-    path = _path(doc.uri)
-    try:
-        return _decode_small(path.read_bytes() if path is not None else b"", settings)
-    except (OSError, DecodeError):
+    path = uri_to_path(doc.uri)
+    if path is None:
+        return None
+    try:  # read as ingestion reads: never a FIFO or a device, never past the size limit
+        return _decode_small(read_file(path, settings.max_file_bytes), settings)
+    except DecodeError:
         return None
 
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Literal, Self
 
 import numpy as np
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline import filters
 from pipeline.decode import decode_image
@@ -40,10 +40,17 @@ class AssetNotFound(LookupError):
     """The asset id named by a query is not in the index."""
 
 
+# Longer than any label name (the longest of the label table has 30 characters). A filter
+# becomes about a hundred keys in a store query: an unbounded name is unbounded work.
+MAX_LABEL_NAME = 100
+
+
 class LabelFilter(BaseModel):
     """Has label ``name`` with confidence >= ``min_confidence`` (names are case-insensitive)."""
 
-    name: str = Field(min_length=1, max_length=200)
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=MAX_LABEL_NAME)
     min_confidence: float = Field(0.0, ge=0, le=100)
 
     @classmethod

@@ -36,8 +36,15 @@ class Settings(BaseSettings):
         default_factory=lambda: max(2, os.cpu_count() or 2),
         ge=1,
         le=64,
-        description="Threads decoding images ahead of the model: one per core (more were never "
-        "faster in benchmarks/throughput.py, and cost memory).",
+        description="Worker processes decoding images ahead of the model: one per core (more "
+        "were never faster in benchmarks/throughput.py, and cost memory).",
+    )
+    decode_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Longest time one file may take to read, decode and resize; a file that "
+        "takes longer is quarantined and its worker replaced (an 88-megapixel PNG takes about "
+        "2 s on one core).",
     )
     max_image_pixels: int = Field(
         89_478_485,
@@ -46,7 +53,10 @@ class Settings(BaseSettings):
         "(Pillow's own default limit).",
     )
     max_file_bytes: int = Field(
-        256 * 2**20, ge=1, description="Files larger than this are quarantined."
+        256 * 2**20,
+        ge=1,
+        description="Files larger than this are quarantined, before any byte is read (and no "
+        "more than this is ever read of a file).",
     )
     label_min_confidence: float = Field(
         5.0, ge=0, le=100, description="Labels below this confidence (percent) are not stored."
@@ -164,6 +174,21 @@ class Settings(BaseSettings):
     # issue's ceiling for the default; photos from phones and cameras stay well below it).
     api_host: str = Field("127.0.0.1", description="Interface `lookalike serve` binds to.")
     api_port: int = Field(8000, ge=1, le=65535, description="Port `lookalike serve` listens on.")
+    api_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "localhost"],
+        description="Host names the API answers to, comma-separated ('*.example.org' matches "
+        "subdomains, '*' any host); others get 400. Guards a server on loopback against DNS "
+        "rebinding: add the names clients use when serving beyond this machine.",
+    )
+    api_header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="Time a client has to send a request's headers once it connected or "
+        "started a request; a slower one (slowloris) is disconnected.",
+    )
+    api_keep_alive_s: int = Field(
+        5, ge=1, description="Idle time after which a keep-alive connection is closed."
+    )
     api_key: SecretStr | None = Field(
         None,
         description="When set, every data endpoint needs it in the X-API-Key header (or the "
@@ -190,6 +215,12 @@ class Settings(BaseSettings):
     api_thumbnail_size: int = Field(
         320, ge=32, le=1024, description="Longest side of the thumbnails the API serves (px)."
     )
+    api_library_roots: Annotated[list[Path], NoDecode] = Field(
+        default_factory=list,
+        description="Folders whose files the API serves as they are now, comma-separated. A "
+        "file that resolves anywhere else (e.g. an indexed file since replaced by a symbolic "
+        "link out of the library) is served only while its content is the content indexed.",
+    )
     api_alias_check_s: float = Field(
         1.0,
         ge=0,
@@ -197,7 +228,7 @@ class Settings(BaseSettings):
         "round trip on a cluster); a rollout is served within this time. 0: every request.",
     )
 
-    @field_validator("api_cors_origins", mode="before")
+    @field_validator("api_cors_origins", "api_library_roots", "api_allowed_hosts", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         """Accept the comma-separated form an environment variable naturally takes."""

@@ -3,6 +3,7 @@ OpenAPI document and the web page around the routes."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from importlib.metadata import version
@@ -17,6 +18,7 @@ from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic.json_schema import models_json_schema
+from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from pipeline.decode import DecodeError
 from pipeline.search import AssetNotFound
@@ -25,13 +27,38 @@ from pipeline.store.base import StoreError
 from search_api.engine import EngineNotReady, SearchEngine
 from search_api.media import MediaUnavailable
 from search_api.metrics import Metrics
-from search_api.middleware import BodyLimitMiddleware, MetricsMiddleware, TimeoutMiddleware
-from search_api.routes import API_KEY_HEADER, api, probes, upload_limit_message
+from search_api.middleware import (
+    BodyLimitMiddleware,
+    MetricsMiddleware,
+    SecurityHeadersMiddleware,
+    TimeoutMiddleware,
+)
+from search_api.routes import (
+    API_KEY_HEADER,
+    api,
+    probes,
+    store_unavailable,
+    upload_limit_message,
+)
 from search_api.schemas import FormFilters, SearchQuery, error_message
+
+log = logging.getLogger(__name__)
 
 STATIC_DIR = Path(__file__).parent / "static"
 # Room for the multipart framing and the text fields around an upload of the maximum size.
 _FORM_OVERHEAD_BYTES = 64 * 1024
+# Every response: no MIME sniffing (a served image is never run as HTML or script), no framing.
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
+# The page: its own scripts and styles only; images from the API, pasted or dropped files
+# (blob:) and the inline icon (data:). /docs (Swagger UI from a CDN) does not get it.
+PAGE_CSP = (
+    "default-src 'self'; img-src 'self' blob: data:; script-src 'self'; style-src 'self'; "
+    "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
+)
 
 
 DESCRIPTION = """\
@@ -81,11 +108,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.get("/", include_in_schema=False)
     async def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+        return FileResponse(
+            STATIC_DIR / "index.html",
+            headers={"Cache-Control": "no-cache", "Content-Security-Policy": PAGE_CSP},
+        )
 
-    _add_error_handlers(app)
+    _add_error_handlers(app, settings)
     # Added innermost first: metrics see every answer, 413 and 504 included; CORS headers go
-    # on error responses too, so a browser client can read why its request failed.
+    # on error responses too, so a browser client can read why its request failed; a request
+    # naming a host that is not allowed (DNS rebinding) is refused before the app sees it.
     app.add_middleware(
         BodyLimitMiddleware,
         max_bytes=settings.api_max_upload_bytes + _FORM_OVERHEAD_BYTES,
@@ -101,11 +132,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if "*" not in settings.api_allowed_hosts:
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=settings.api_allowed_hosts)
+    app.add_middleware(SecurityHeadersMiddleware, headers=SECURITY_HEADERS)
     app.openapi = _openapi(app)  # type: ignore[method-assign]
     return app
 
 
-def _add_error_handlers(app: FastAPI) -> None:
+def _add_error_handlers(app: FastAPI, settings: Settings) -> None:
     """The core library's exceptions, as HTTP statuses with their message as ``detail``."""
 
     def handler(status: int) -> Callable[[Request, Exception], Any]:
@@ -114,11 +148,15 @@ def _add_error_handlers(app: FastAPI) -> None:
 
         return handle
 
+    async def store_failed(request: Request, exc: Exception) -> JSONResponse:
+        log.warning("%s %s: %s", request.method, request.url.path, exc)
+        return JSONResponse({"detail": store_unavailable(settings)}, status_code=503)
+
     app.add_exception_handler(AssetNotFound, handler(404))
     app.add_exception_handler(MediaUnavailable, handler(404))
     app.add_exception_handler(DecodeError, handler(415))
     app.add_exception_handler(EngineNotReady, handler(503))
-    app.add_exception_handler(StoreError, handler(503))
+    app.add_exception_handler(StoreError, store_failed)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:

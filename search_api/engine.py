@@ -87,7 +87,11 @@ class SearchEngine:
                 try:
                     backend = self._backend = self._open()
                 except Exception as exc:
-                    raise EngineNotReady(f"cannot load the active model version: {exc}") from exc
+                    log.warning("cannot load the active model version: %s", exc)
+                    raise EngineNotReady(
+                        f"cannot load the active model version "
+                        f"{self._active()!r} (the server log says why)"
+                    ) from exc
                 self.metrics.model_reloads.inc()
             return backend
 
@@ -102,7 +106,8 @@ class SearchEngine:
         except EngineNotReady:
             raise
         except Exception as exc:  # whatever the store raises, it is unreachable
-            raise EngineNotReady(f"the store is not reachable: {exc}") from exc
+            log.warning("the store is not reachable: %s", exc)
+            raise EngineNotReady("the store is not reachable (the server log says why)") from exc
 
     def embed(self, backend: Backend, data: bytes) -> list[float]:
         """The query vector of an uploaded image (``DecodeError`` for anything but an image)."""

@@ -1,4 +1,4 @@
-"""Pure ASGI middleware: request metrics, a time limit and an upload size limit.
+"""Pure ASGI middleware: request metrics, a time limit, an upload size limit, security headers.
 
 Pure ASGI rather than Starlette's ``BaseHTTPMiddleware``: they must see the request body as it
 streams in (to stop an oversized upload before it is buffered) and the moment a response
@@ -124,3 +124,26 @@ class BodyLimitMiddleware:
             return message
 
         await self.app(scope, counted_receive, send)
+
+
+class SecurityHeadersMiddleware:
+    """Adds ``headers`` to every response that does not set them itself: browsers must not
+    sniff a served file into HTML or script, nor frame the page (clickjacking)."""
+
+    def __init__(self, app: ASGIApp, headers: dict[str, str]) -> None:
+        self.app = app
+        self.headers = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def add_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                present = {name for name, _ in message.get("headers", [])}
+                extra = [(k, v) for k, v in self.headers if k not in present]
+                message = {**message, "headers": [*message.get("headers", []), *extra]}
+            await send(message)
+
+        await self.app(scope, receive, add_headers)

@@ -4,6 +4,7 @@ files) to a worker thread and shapes the answer; the search itself is the core l
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from typing import Annotated, Any, TypeVar, get_origin
@@ -21,10 +22,12 @@ from starlette.datastructures import UploadFile
 from pipeline.document import AssetDocument
 from pipeline.search import SearchRequest, SearchResponse
 from pipeline.settings import Settings
+from pipeline.store.base import StoreError
 from search_api import media
-from search_api.engine import Backend, SearchEngine
+from search_api.engine import Backend, EngineNotReady, SearchEngine
 from search_api.schemas import (
     ASSET_ID_PATTERN,
+    MAX_ASSET_ID,
     MAX_FILTERS,
     Asset,
     ErrorResponse,
@@ -41,6 +44,7 @@ from search_api.schemas import (
 )
 
 M = TypeVar("M", SearchQuery, FormFilters)
+log = logging.getLogger(__name__)
 
 API_KEY_HEADER = "X-API-Key"
 API_KEY_COOKIE = "lookalike_api_key"
@@ -128,7 +132,10 @@ def app_settings(request: Request) -> Settings:
 
 EngineDep = Annotated[SearchEngine, Depends(get_engine)]
 SettingsDep = Annotated[Settings, Depends(app_settings)]
-AssetIdPath = Annotated[str, Path(pattern=ASSET_ID_PATTERN, description="An indexed asset's id.")]
+AssetIdPath = Annotated[
+    str,
+    Path(max_length=MAX_ASSET_ID, pattern=ASSET_ID_PATTERN, description="An indexed asset's id."),
+]
 
 
 def require_api_key(
@@ -249,12 +256,16 @@ async def similar(
         },
     },
 )
-async def get_image(asset_id: AssetIdPath, engine: EngineDep) -> FileResponse:
+async def get_image(asset_id: AssetIdPath, engine: EngineDep, settings: SettingsDep) -> Response:
     """Served only for indexed assets whose URI is a local file, never from a path the
-    request names."""
+    request names; only while the file lies inside LOOKALIKE_API_LIBRARY_ROOTS or still holds
+    the content that was indexed."""
     doc = await _document(engine, asset_id)
-    path = await run_in_threadpool(media.local_file, doc)
-    return FileResponse(path, media_type=media.media_type(doc), headers=_cache_headers(doc))
+    served = await run_in_threadpool(media.image_file, doc, settings)
+    headers = _cache_headers(doc)
+    if isinstance(served, bytes):
+        return Response(served, media_type=media.media_type(doc), headers=headers)
+    return FileResponse(served, media_type=media.media_type(doc), headers=headers)
 
 
 @api.get(
@@ -346,8 +357,15 @@ async def readyz(engine: EngineDep, settings: SettingsDep) -> Readiness | JSONRe
 
     try:
         return await run_in_threadpool(check)
-    except Exception as exc:  # any failure means "not ready", with the reason
-        readiness = Readiness(status="not ready", store=settings.store, reason=str(exc))
+    except Exception as exc:  # any failure means "not ready", with a reason fit to publish
+        log.warning("not ready: %s", exc)
+        if isinstance(exc, EngineNotReady):
+            reason = str(exc)
+        elif isinstance(exc, StoreError):
+            reason = store_unavailable(settings)
+        else:
+            reason = f"the readiness check failed ({type(exc).__name__}; see the server log)"
+        readiness = Readiness(status="not ready", store=settings.store, reason=reason)
         return JSONResponse(readiness.model_dump(mode="json"), status_code=503)
 
 
@@ -386,6 +404,12 @@ async def _read_image_form(request: Request, settings: Settings) -> tuple[FormFi
     if len(data) > settings.api_max_upload_bytes:
         raise HTTPException(status_code=413, detail=upload_limit_message(settings))
     return options, data
+
+
+def store_unavailable(settings: Settings) -> str:
+    """What a client is told when the store fails: the reason stays in the server log (it may
+    name folders, hosts or the store's own source files)."""
+    return f"the {settings.store} store is not available right now; try again later"
 
 
 def upload_limit_message(settings: Settings) -> str:

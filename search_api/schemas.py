@@ -24,6 +24,7 @@ from pydantic.json_schema import SkipJsonSchema
 
 from pipeline.document import AssetDocument
 from pipeline.search import (
+    MAX_LABEL_NAME,
     Hit,
     LabelFilter,
     SearchRequest,
@@ -34,13 +35,16 @@ from pipeline.search import (
 MAX_K = 100
 MAX_OFFSET = 10_000
 MAX_FILTERS = 20
+MAX_FORM_EXCLUDE_IDS = 100
 
 # Asset ids are hex digests of the source URI (pipeline.discover.asset_id); the pattern keeps
 # anything else (slashes, dots, quotes) out of store lookups and file names.
 ASSET_ID_PATTERN = r"^[A-Za-z0-9_-]{1,128}$"
+MAX_ASSET_ID = 128
 AssetId = Annotated[
     str,
     Field(
+        max_length=MAX_ASSET_ID,
         pattern=ASSET_ID_PATTERN,
         description="An indexed asset's id.",
         examples=["c9c3aab28a330cf8c4deecaf68a21e2c"],
@@ -56,6 +60,8 @@ METADATA_SPEC_PATTERN = r"^[^=<>!~]+=.*$"
 def _label_spec(value: str) -> str:
     if re.fullmatch(LABEL_SPEC_PATTERN, value) is None:
         raise ValueError(f"expected NAME or NAME:MIN_CONFIDENCE (0-100), got {value!r}")
+    if len(value.partition(":")[0].strip()) > MAX_LABEL_NAME:
+        raise ValueError(f"a label name has at most {MAX_LABEL_NAME} characters")
     return value
 
 
@@ -208,6 +214,12 @@ class SearchQuery(SearchOptions):
 class FormFilters(SearchOptions):
     """Search options in the flat ``NAME:MIN_CONFIDENCE`` / ``KEY=VALUE`` form of query strings
     and multipart fields, where nested JSON does not fit."""
+
+    # Fewer than in JSON: the longest valid query string must stay under the 64 KiB request
+    # line the HTTP server accepts (uvicorn answers 400 above it, before the app sees it).
+    exclude_ids: list[AssetId] = Field(
+        default_factory=list, max_length=MAX_FORM_EXCLUDE_IDS, description="Assets never returned."
+    )
 
     labels_all: list[LabelSpec] = Field(
         default_factory=list, max_length=MAX_FILTERS, description="Labels that must all match."

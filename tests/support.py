@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
 
 import uvicorn
 
@@ -31,10 +38,10 @@ def stem(uri: str) -> str:
 def serving(settings: Settings) -> Iterator[str]:
     """The search API on a free loopback port, in a thread; yields its base URL."""
     from search_api import create_app
+    from search_api.server import server_config
 
-    server = uvicorn.Server(
-        uvicorn.Config(create_app(settings), host="127.0.0.1", port=0, log_level="warning")
-    )
+    config = server_config(create_app(settings), settings, "127.0.0.1", 0, log_level="warning")
+    server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     while not server.started:
@@ -45,3 +52,81 @@ def serving(settings: Settings) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+LOOKALIKE = Path(sys.executable).with_name("lookalike")
+# The capabilities that let root read any file: a process without them obeys file permissions.
+_BYPASS_PERMISSIONS = "-dac_override,-dac_read_search"
+
+
+def unprivileged(command: list[str]) -> list[str]:
+    """``command`` as a process that file permissions apply to. CI runs as root, whom ``chmod
+    000`` does not stop: there the command runs as root still (it owns the test's files) but
+    without the capabilities that bypass permissions (``setpriv``, util-linux)."""
+    if os.geteuid() != 0:
+        return command
+    return [
+        "setpriv",
+        f"--bounding-set={_BYPASS_PERMISSIONS}",
+        f"--inh-caps={_BYPASS_PERMISSIONS}",
+        "--",
+        *command,
+    ]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A command that ran to its end: exit code, output, and the peak resident memory of the
+    largest process among it and those it waited for (its decode workers)."""
+
+    code: int
+    stdout: str
+    stderr: str
+    peak_rss_bytes: int
+
+
+# Runs the command and writes the peak memory of its process tree to the file named first.
+# Measured by this small parent: a child forked from the test session would count the session's
+# own memory (the kernel keeps the high-water mark across fork and exec).
+_MEASURE = (
+    "import resource, subprocess, sys; code = subprocess.call(sys.argv[2:]); "
+    "open(sys.argv[1], 'w').write(str(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)); "
+    "sys.exit(code if code >= 0 else 128 - code)"
+)
+
+
+def run_measured(command: list[str], env: Mapping[str, str], timeout_s: float) -> Finished:
+    """Run ``command`` and measure its peak memory; killed (with everything it started) after
+    ``timeout_s``, which fails the test."""
+    with tempfile.TemporaryDirectory() as scratch:
+        peak = Path(scratch) / "peak"
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _MEASURE, str(peak), *command],
+            env=dict(env),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group: a timeout kills all of it
+        )
+        try:
+            out, err = proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise AssertionError(f"{command[:3]}... still ran after {timeout_s} s") from None
+        return Finished(
+            proc.returncode,
+            out.decode(errors="replace"),
+            err.decode(errors="replace"),
+            int(peak.read_text()) * 1024,
+        )
+
+
+def cli_env(home: Path, model_dir: Path, **settings: object) -> dict[str, str]:
+    """The environment of a ``lookalike`` process with its own home, sharing the converted
+    model of the test session (``model_dir``) so that it is not converted again."""
+    (home / "models").parent.mkdir(parents=True, exist_ok=True)
+    if not (home / "models").exists():
+        (home / "models").symlink_to(model_dir)
+    env = {**os.environ, "LOOKALIKE_HOME": str(home)}
+    env.update({f"LOOKALIKE_{k.upper()}": str(v) for k, v in settings.items()})
+    return env

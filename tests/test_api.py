@@ -24,13 +24,14 @@ from pydantic import SecretStr
 from support import CAT_COPIES, serving, stem
 
 from pipeline.backbones import DEFAULT_MODEL, REGISTRY
+from pipeline.discover import uri_to_path
 from pipeline.embed import get_embedder, model_path
 from pipeline.ingest import ingest
 from pipeline.library import Library
 from pipeline.search import image_vector
 from pipeline.settings import Settings, get_settings
 from search_api import create_app
-from search_api.media import MediaUnavailable, local_file
+from search_api.media import MediaUnavailable, image_bytes, image_file
 
 with warnings.catch_warnings():
     # Starlette 1.10 would rather drive its test client with httpx2; httpx works the same.
@@ -50,7 +51,12 @@ def stems(response: Any) -> list[str]:
 @pytest.fixture(scope="module")
 def home(sample_manifest: Path, embedder, tmp_path_factory: pytest.TempPathFactory) -> Settings:
     """Settings whose embedded store holds the sample library (ingested once per module)."""
-    settings = Settings(home=tmp_path_factory.mktemp("api_home"), batch_size=8)
+    # TestClient's requests name the host "testserver": allowed like the loopback names.
+    settings = Settings(
+        home=tmp_path_factory.mktemp("api_home"),
+        batch_size=8,
+        api_allowed_hosts=["testserver", "127.0.0.1"],
+    )
     with Library.open(settings) as library:
         ingest(
             sample_manifest.parent,
@@ -233,12 +239,12 @@ def test_only_local_files_of_indexed_assets_are_served(client: TestClient, home:
     with Library.open(home) as library:
         coffee = id_of(client, "coffee")
         doc = library.index().get([coffee])[coffee]
-    assert local_file(doc).is_file()
+    assert image_bytes(doc, home) == uri_to_path(doc.uri).read_bytes()
     for uri in ("https://example.org/coffee.jpg", "file://otherhost/coffee.jpg"):
         with pytest.raises(MediaUnavailable, match="not a local file"):
-            local_file(doc.model_copy(update={"uri": uri}))
-    with pytest.raises(MediaUnavailable, match="no longer at"):
-        local_file(doc.model_copy(update={"uri": "file:///no/such/file.jpg"}))
+            image_file(doc.model_copy(update={"uri": uri}), home)
+    with pytest.raises(MediaUnavailable, match="is not available: file not found"):
+        image_file(doc.model_copy(update={"uri": "file:///no/such/file.jpg"}), home)
     for path in ("/assets/..%2F..%2Fetc%2Fpasswd/image", "/assets/../../etc/passwd"):
         assert client.get(path).status_code in (404, 422)
 
@@ -354,6 +360,16 @@ def test_openapi_documents_both_bodies_with_examples(client: TestClient) -> None
             "body.labels.all.0.min_confidence",
         ),
         ({"json": {"top_k": 5}}, 422, "body.top_k: Extra inputs are not permitted"),
+        (
+            {"json": {"labels": {"all": [{"name": "Cat", "confidence": 80}]}}},
+            422,
+            "body.labels.all.0.confidence: Extra inputs are not permitted",
+        ),
+        (
+            {"json": {"labels": {"any": [{"name": "x" * 100_000}] * 20}}},
+            422,
+            "body.labels.any.0.name: String should have at most 100 characters",
+        ),
         (
             {"content": b"{nope", "headers": {"content-type": "application/json"}},
             422,
@@ -482,7 +498,12 @@ def test_a_model_rollout_is_picked_up_without_restart(
     # The same network under a new name: copy the converted model instead of converting again.
     model_dir = get_settings().model_dir
     shutil.copy(model_path(embedder.spec, model_dir), model_path(new, model_dir))
-    settings = Settings(home=tmp_path / "home", batch_size=8, api_alias_check_s=0)
+    settings = Settings(
+        home=tmp_path / "home",
+        batch_size=8,
+        api_alias_check_s=0,
+        api_allowed_hosts=["testserver", "127.0.0.1"],
+    )
     library = Library.open(settings)
     source = samples / "copies"
     ingest(source, library=library, embedder=embedder, settings=settings)

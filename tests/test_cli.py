@@ -24,7 +24,7 @@ def ingested(sample_manifest: Path, embedder) -> dict:
     code, output = invoke(
         "ingest", str(sample_manifest.parent), "--manifest", str(sample_manifest), "--json"
     )
-    assert code == 0, output
+    assert code == 3, output  # finished, with the three broken samples quarantined
     return json.loads(output)
 
 
@@ -37,6 +37,7 @@ def test_ingest_json_summary(ingested: dict) -> None:
         "truncated.jpg",
     }
     assert all(q["reason"] for q in ingested["quarantined"])
+    assert ingested["outcome"] == "quarantined"
 
 
 def test_runs_and_quarantine_lists(ingested: dict) -> None:

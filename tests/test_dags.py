@@ -256,6 +256,7 @@ def test_ingest_dag_indexes_once_writes_nothing_again_and_removes_deleted_files(
         "truncated.jpg",
     }
     assert all(q["reason"] for q in summary["quarantined"])
+    assert summary["outcome"] == "quarantined", "the outcome `lookalike ingest` exits 3 for"
     assert states(first)["embed_batch"] == ["success"] * -(-(good + 3) // 16)
     with Library.open(Settings()) as lib:
         assert lib.catalogue.active() == BASE and lib.index().count() == good
@@ -270,6 +271,7 @@ def test_ingest_dag_indexes_once_writes_nothing_again_and_removes_deleted_files(
     again = xcom(second, "summary")
     assert (again["new"], again["updated"], again["deleted"], again["quarantined"]) == (0, 0, 0, [])
     assert again["unchanged"] == good + 3
+    assert (again["outcome"], again["quarantined_earlier"]) == ("quarantined", 3)
     assert states(second)["embed_batch"] == ["skipped"], "nothing to map"
     assert states(second)["announce"] == ["skipped"] and asset_events(second) == []
     with Library.open(Settings()) as lib:

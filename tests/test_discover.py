@@ -48,7 +48,7 @@ def test_manifest_csv_adds_metadata_and_reports_missing(tree: Path) -> None:
     assert one.title == "One" and one.keywords == ("cat", "pet", "sofa")
     assert one.metadata == {"photographer": "Ann"}
     assert assets["two.PNG"].title is None
-    assert assets["gone.jpg"].exists is False
+    assert assets["gone.jpg"].problem == "file not found"
     assert assets["three.webp"].metadata == {}
 
 

@@ -27,13 +27,13 @@ import numpy as np
 import pytest
 
 from pipeline import filters
-from pipeline.document import AssetDocument, Label
+from pipeline.document import AliasSwitch, AssetDocument, IngestSummary, Label
 from pipeline.ingest import ingest
 from pipeline.library import Library
 from pipeline.search import LabelFilter, Searcher, SearchRequest
 from pipeline.settings import Settings
 from pipeline.store.base import BulkWriteError, DocumentIndex
-from pipeline.store.cluster import plain_body
+from pipeline.store.cluster import create_body, log_templates, plain_body, runs_index
 from pipeline.store.embedded import FIELDS, arrow_schema
 
 REPO = Path(__file__).resolve().parents[1]
@@ -395,6 +395,35 @@ def test_the_run_log_keeps_every_run(library: Store) -> None:
     first = next(r for r in runs if r.run_id == summary.run_id)
     assert first.new == summary.new and len(first.quarantined) == 3
     assert runs == sorted(runs, key=lambda r: r.started_at, reverse=True)
+
+
+@pytest.mark.parametrize("cluster", ["opensearch", "elasticsearch"])
+def test_a_run_log_made_by_an_earlier_version_takes_the_new_fields(
+    cluster: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """Run records gained fields (``outcome``, ``kind``, alias switches...): a strict runs
+    index made before them must take them, not reject every run recorded from now on."""
+    settings = request.getfixturevalue(f"{cluster}_node").settings(tmp_path, table="upgrade")
+    index = runs_index(settings.table)
+    old = log_templates(settings.table, settings)[f"{settings.table}-runs"]
+    for name in ("outcome", "quarantined_earlier", "kind", "trigger", "previous"):
+        del old["template"]["mappings"]["properties"][name]
+    with Library.open(settings) as library:
+        client = library.backend.client
+        client.indices.delete(index=index, ignore_unavailable=True)
+        client.indices.create(index=index, body=create_body(old))
+        try:
+            library.runs.record(
+                IngestSummary(run_id="r1", outcome="quarantined", quarantined_earlier=2)
+            )
+            library.runs.record(AliasSwitch(run_id="s1", model="m@2", trigger="rollback"))
+            runs, switches = library.runs.runs(), library.runs.switches()
+        finally:
+            client.indices.delete(index=index)
+    assert [(r.run_id, r.outcome, r.quarantined_earlier) for r in runs] == [
+        ("r1", "quarantined", 2)
+    ]
+    assert [(s.run_id, s.trigger) for s in switches] == [("s1", "rollback")]
 
 
 # -- selective filters and the alias ------------------------------------------------------------

@@ -639,8 +639,17 @@ class ClusterBackend(Backend):
             return
         base = self.alias
         name = f"{base}-quarantine" if index == quarantine_index(base) else f"{base}-runs"
+        log_template = log_templates(base, self.settings)[name]
         if not self.client.indices.exists(index=index):
-            self.create(index, create_body(log_templates(base, self.settings)[name]))
+            self.create(index, create_body(log_template))
+        else:
+            # The records gained fields (run outcomes, alias switches): a strict mapping made
+            # by an earlier version would refuse them, so add what it lacks.
+            properties = log_template["template"]["mappings"]["properties"]
+            mapping = plain_body(self.client.indices.get_mapping(index=index))
+            known = next(iter(mapping.values()))["mappings"].get("properties", {})
+            if missing := {k: v for k, v in properties.items() if k not in known}:
+                self.client.indices.put_mapping(index=index, body={"properties": missing})
         self._ready.add(index)
 
     def bulk(self, actions: Sequence[dict[str, Any]]) -> int:

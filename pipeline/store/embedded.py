@@ -23,14 +23,15 @@ Design notes (measured in ``../shared/notes/environment.md`` and ``benchmarks/``
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 import lancedb
 import numpy as np
@@ -66,6 +67,7 @@ from pipeline.store.base import (
     QuarantineLog,
     Ranking,
     RunLog,
+    StoreError,
 )
 
 log = logging.getLogger(__name__)
@@ -124,6 +126,30 @@ def from_row(row: dict[str, Any], fields: Sequence[FieldSpec]) -> dict[str, Any]
     return values
 
 
+Method = TypeVar("Method", bound=Callable[..., Any])
+# LanceDB's errors end with the Rust source line that raised them: nothing for a user.
+_RUST_LOCATION = re.compile(r",\s*/\S+\.rs:\d+:\d+")
+
+
+def reported(method: Method) -> Method:
+    """The store's files failing (moved or deleted under a running server, a full or read-only
+    disk, a corrupt table) leave the store as ``StoreError``, which the CLI prints as one line
+    and the API answers with 503, instead of LanceDB's ``RuntimeError`` or an ``OSError``."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except StoreError:
+            raise
+        except (OSError, RuntimeError, json.JSONDecodeError) as exc:
+            reason = _RUST_LOCATION.sub("", str(exc)) or type(exc).__name__
+            where = self.settings.store_dir
+            raise StoreError(f"the embedded store in {where} cannot be used: {reason}") from exc
+
+    return wrapper  # type: ignore[return-value]
+
+
 def table_name(base: str, model_id: str) -> str:
     """One table per model version, e.g. ``assets__mobilenet_v2_imagenet_1``."""
     return f"{base}__{re.sub(r'[^A-Za-z0-9]+', '_', model_id).strip('_').lower()}"
@@ -132,6 +158,7 @@ def table_name(base: str, model_id: str) -> str:
 class EmbeddedBackend(Backend):
     """The LanceDB store under ``settings.store_dir`` (safe for concurrent readers)."""
 
+    @reported
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         settings.store_dir.mkdir(parents=True, exist_ok=True)
@@ -164,6 +191,7 @@ class EmbeddedCatalogue(IndexCatalogue):
 
     def __init__(self, backend: EmbeddedBackend) -> None:
         self.backend = backend
+        self.settings = backend.settings
         self.base = backend.settings.table
         self.path = backend.settings.store_dir / "aliases.json"
 
@@ -173,10 +201,12 @@ class EmbeddedCatalogue(IndexCatalogue):
         except FileNotFoundError:
             return {}
 
+    @reported
     def active(self) -> str | None:
         entry = self._aliases().get(self.base)
         return entry["model"] if entry else None
 
+    @reported
     def switch(self, model_id: str) -> str | None:
         name = table_name(self.base, model_id)
         if self.backend.open_table(name) is None:
@@ -189,6 +219,7 @@ class EmbeddedCatalogue(IndexCatalogue):
         os.replace(tmp, self.path)
         return previous
 
+    @reported
     def indexes(self) -> list[IndexInfo]:
         active = self.active()
         infos = []
@@ -217,6 +248,7 @@ class EmbeddedIndex(DocumentIndex):
         self._table: lancedb.table.Table | None = None
 
     @property
+    @reported
     def table(self) -> lancedb.table.Table | None:
         if self._table is None:
             self._table = self.backend.open_table(self.name)
@@ -236,9 +268,11 @@ class EmbeddedIndex(DocumentIndex):
         )
         self.optimize()
 
+    @reported
     def exists(self) -> bool:
         return self.table is not None
 
+    @reported
     def ensure(self, dim: int) -> None:
         if self.table is None:
             schema = arrow_schema(FIELDS, dim).with_metadata({"model_id": self.model_id})
@@ -250,6 +284,7 @@ class EmbeddedIndex(DocumentIndex):
                 "use a new table (model version) instead of mixing them"
             )
 
+    @reported
     def optimize(self) -> None:
         """Build whatever index is missing (the full-text index, scalar indexes for filters,
         IVF once the table is large), fold new rows into existing ones and compact. Cheap when
@@ -282,6 +317,7 @@ class EmbeddedIndex(DocumentIndex):
 
     # -- writes --------------------------------------------------------------------------------
 
+    @reported
     def upsert(self, docs: Sequence[AssetDocument]) -> int:
         if not docs:
             return 0
@@ -311,6 +347,7 @@ class EmbeddedIndex(DocumentIndex):
             )
         return len(good)
 
+    @reported
     def delete(self, ids: Sequence[str]) -> int:
         if ids and self.table is not None:
             self.table.delete(_in_list("id", ids))
@@ -318,6 +355,7 @@ class EmbeddedIndex(DocumentIndex):
 
     # -- reads -------------------------------------------------------------------------------
 
+    @reported
     def get(self, ids: Sequence[str], with_embedding: bool = False) -> dict[str, AssetDocument]:
         if not ids or self.table is None:
             return {}
@@ -332,18 +370,21 @@ class EmbeddedIndex(DocumentIndex):
         )
         return {row["id"]: _document(row) for row in rows}
 
+    @reported
     def states(self) -> dict[str, StoredState]:
         if self.table is None:
             return {}
         rows = self.table.search().select(STATE_COLUMNS).limit(None).to_arrow().to_pylist()
         return {row["id"]: StoredState(**row) for row in rows}
 
+    @reported
     def count(self, where: filters.Filter | None = None) -> int:
         if self.table is None:
             return 0
         sql = self.sql(where)
         return self.table.count_rows(sql) if sql else self.table.count_rows()
 
+    @reported
     def knn(
         self,
         vector: Sequence[float],
@@ -382,6 +423,7 @@ class EmbeddedIndex(DocumentIndex):
             found = query.to_list()
         return _ranking(found, lambda r: 1.0 - float(r["_distance"]), documents)
 
+    @reported
     def bm25(
         self, text: str, where: filters.Filter | None, k: int, documents: bool = False
     ) -> Ranking:
@@ -399,6 +441,7 @@ class EmbeddedIndex(DocumentIndex):
             query = query.where(sql, prefilter=True)
         return _ranking(query.to_list(), lambda r: float(r["_score"]), documents)
 
+    @reported
     def scan(self, where: filters.Filter | None, offset: int, limit: int) -> list[str]:
         if self.table is None:
             return []
@@ -407,6 +450,7 @@ class EmbeddedIndex(DocumentIndex):
             query = query.where(sql)
         return [row["id"] for row in query.to_arrow().to_pylist()]
 
+    @reported
     def label_counts(self, min_confidence: float, limit: int) -> dict[str, int]:
         if self.table is None:
             return {}
@@ -424,6 +468,7 @@ class EmbeddedIndex(DocumentIndex):
 
     # -- filters ---------------------------------------------------------------------------------
 
+    @reported
     def sql(self, node: filters.Filter | None) -> str | None:
         """The filter tree as a LanceDB SQL predicate (``None``: no filter)."""
         match node:
@@ -475,19 +520,24 @@ class EmbeddedIndex(DocumentIndex):
 
 
 class EmbeddedQuarantine(QuarantineLog):
+    @reported
     def __init__(self, backend: EmbeddedBackend) -> None:
+        self.settings = backend.settings
         name = f"{backend.settings.table}__quarantine"
         self.table = backend.open_or_create(name, arrow_schema(QUARANTINE_FIELDS))
 
+    @reported
     def add(self, records: Sequence[QuarantineRecord]) -> None:
         if records:
             rows = [to_row(r, QUARANTINE_FIELDS) for r in records]
             _merge(self.table, pa.Table.from_pylist(rows, schema=self.table.schema))
 
+    @reported
     def remove(self, ids: Sequence[str]) -> None:
         if ids:
             self.table.delete(_in_list("id", ids))
 
+    @reported
     def records(self) -> list[QuarantineRecord]:
         rows = self.table.search().limit(None).to_arrow().to_pylist()
         records = [QuarantineRecord(**from_row(r, QUARANTINE_FIELDS)) for r in rows]
@@ -495,7 +545,9 @@ class EmbeddedQuarantine(QuarantineLog):
 
 
 class EmbeddedRunLog(RunLog):
+    @reported
     def __init__(self, backend: EmbeddedBackend) -> None:
+        self.settings = backend.settings
         name = f"{backend.settings.table}__runs"
         legacy: list[IngestSummary | AliasSwitch] = []
         old = backend.open_table(name)
@@ -508,6 +560,7 @@ class EmbeddedRunLog(RunLog):
             rows = [to_row(entry, RUN_FIELDS) for entry in legacy]
             _merge(self.table, pa.Table.from_pylist(rows, schema=self.table.schema), "run_id")
 
+    @reported
     def record(self, entry: IngestSummary | AliasSwitch) -> None:
         row = to_row(entry, RUN_FIELDS)
         _merge(self.table, pa.Table.from_pylist([row], schema=self.table.schema), key="run_id")
@@ -517,9 +570,11 @@ class EmbeddedRunLog(RunLog):
         rows.sort(key=lambda r: r["started_at"], reverse=True)
         return [from_row(r, RUN_FIELDS) for r in rows[:limit]]
 
+    @reported
     def runs(self, limit: int = 20) -> list[IngestSummary]:
         return [_model(IngestSummary, values) for values in self._recent("ingest", limit)]
 
+    @reported
     def switches(self, limit: int = 20) -> list[AliasSwitch]:
         return [_model(AliasSwitch, values) for values in self._recent("switch", limit)]
 
