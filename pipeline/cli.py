@@ -15,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipeline.decode import DecodeError
-from pipeline.discover import ManifestError
+from pipeline.discover import ManifestError, SourceError
 from pipeline.document import IngestSummary, Label
 from pipeline.search import AssetNotFound
 from pipeline.settings import get_settings
@@ -63,6 +63,7 @@ def _user_errors() -> Iterator[None]:
         ManifestError,
         AssetNotFound,
         StoreError,
+        SourceError,
         FileNotFoundError,
         ValueError,
     ) as exc:

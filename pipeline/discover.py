@@ -13,6 +13,7 @@ import hashlib
 import math
 import os
 import re
+import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -109,6 +110,20 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+class SourceError(OSError):
+    """The source folder is missing or cannot be read. Raised before anything is planned: a
+    folder scanned as empty, or one whose unreadable subfolder was skipped, would make those
+    files count as deleted, and ingestion would remove their documents from the index."""
+
+
+def _unreadable(exc: OSError) -> None:
+    """``os.walk`` skips folders it cannot list unless told otherwise: stop the scan instead."""
+    raise SourceError(
+        f"cannot read folder {exc.filename}: {exc.strerror}; nothing was changed "
+        "(fix its permissions, or the files in it would count as deleted)"
+    ) from exc
+
+
 def scan(
     source: Path,
     manifest: Path | None = None,
@@ -118,11 +133,17 @@ def scan(
     manifest's rows. Manifest rows may also name files outside ``source``; rows naming missing
     files are returned with ``exists=False`` so they can be reported, not silently dropped."""
     source = Path(source)
-    if not source.is_dir():
-        raise FileNotFoundError(f"source folder not found: {source}")
+    try:
+        is_dir = stat.S_ISDIR(source.stat().st_mode)
+    except FileNotFoundError:
+        raise SourceError(f"source folder not found: {source}") from None
+    except OSError as exc:
+        raise SourceError(f"cannot read source folder {source}: {exc.strerror}") from exc
+    if not is_dir:
+        raise SourceError(f"source is not a folder: {source}")
     exts = {e.lower() for e in extensions}
     found: dict[Path, None] = {}
-    for root, dirs, files in os.walk(source):
+    for root, dirs, files in os.walk(source, onerror=_unreadable):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if not name.startswith(".") and Path(name).suffix.lower() in exts:

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from pipeline.discover import ManifestError, asset_id, path_to_uri, plan, scan
+from pipeline.discover import ManifestError, SourceError, asset_id, path_to_uri, plan, scan
 from pipeline.document import StoredState
 
 
@@ -69,8 +75,67 @@ def test_manifest_without_path_column_is_a_clear_error(tree: Path) -> None:
 
 
 def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="source folder not found"):
+    with pytest.raises(SourceError, match="source folder not found"):
         scan(tmp_path / "nope")
+    (tmp_path / "file.jpg").write_bytes(b"x")
+    with pytest.raises(SourceError, match="source is not a folder"):
+        scan(tmp_path / "file.jpg")
+
+
+_SCAN = """
+import sys
+from pipeline.discover import SourceError, scan
+try:
+    print(len(scan(sys.argv[1])))
+except SourceError as exc:
+    print(exc)
+"""
+
+
+@pytest.fixture
+def shared_tree() -> Iterator[Path]:
+    """A tree that another user can reach (pytest's own temporary folders are private)."""
+    base = Path(tempfile.mkdtemp(prefix="lookalike-discover-"))
+    base.chmod(0o755)
+    (base / "library" / "locked").mkdir(parents=True)
+    (base / "library" / "one.jpg").write_bytes(b"one")
+    (base / "library" / "locked" / "two.jpg").write_bytes(b"two")
+    yield base / "library"
+    for folder in (base / "library", base / "library" / "locked"):
+        folder.chmod(0o755)
+    shutil.rmtree(base)
+
+
+def scan_unprivileged(source: Path) -> str:
+    """What ``scan`` says in a process that cannot read every folder: this user's, or, when the
+    tests run as root (root reads even a mode-000 folder), the ``nobody`` user's."""
+    drop = []
+    if os.geteuid() == 0:
+        drop = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
+    done = subprocess.run(
+        [*drop, sys.executable, "-c", _SCAN, str(source)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
+    )
+    return done.stdout.strip()
+
+
+def test_an_unreadable_folder_stops_the_scan_instead_of_hiding_its_files(
+    shared_tree: Path,
+) -> None:
+    """``os.walk`` would skip the folder silently: its files would count as deleted."""
+    assert scan_unprivileged(shared_tree) == "2"
+    (shared_tree / "locked").chmod(0)
+    said = scan_unprivileged(shared_tree)
+    assert said == (
+        f"cannot read folder {shared_tree / 'locked'}: Permission denied; nothing was changed "
+        "(fix its permissions, or the files in it would count as deleted)"
+    )
+    (shared_tree / "locked").chmod(0o755)
+    shared_tree.chmod(0)
+    assert scan_unprivileged(shared_tree).startswith(f"cannot read folder {shared_tree}:")
 
 
 def _state(asset, sha: str = "s") -> StoredState:
