@@ -207,8 +207,10 @@ class Settings(BaseSettings):
     ingest_manifest: Path | None = Field(
         None, description="Manifest (CSV/Parquet) the scheduled ingest DAG reads, if any."
     )
-    ingest_schedule: str = Field(
-        "@hourly", description="When the ingest DAG runs: a cron expression or Airflow preset."
+    ingest_schedule: str | None = Field(
+        "@hourly",
+        description="When the ingest DAG runs: a cron expression or Airflow preset; `none`: "
+        "only when triggered (unpausing a scheduled DAG starts a run for the latest interval).",
     )
     airflow_batch_size: int = Field(
         256,
@@ -273,6 +275,14 @@ class Settings(BaseSettings):
         50, ge=1, description="Self-check: indexed assets sampled (4 queries each)."
     )
     rollout_seed: int = Field(0, description="Self-check: seed of the sample (reproducible).")
+
+    @field_validator("ingest_schedule", mode="before")
+    @classmethod
+    def _no_schedule(cls, value: object) -> object:
+        """``none`` (or nothing), the only way an environment variable can say None."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return None
+        return value
 
     @property
     def index_asset_uri(self) -> str:

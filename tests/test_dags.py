@@ -112,13 +112,18 @@ print(json.dumps({
 """
 
 
-def test_dag_files_parse_in_a_fraction_of_a_second_without_tensorflow(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("setting", "schedule"), [("*/20 * * * *", "*/20 * * * *"), ("none", "None")]
+)
+def test_dag_files_parse_in_a_fraction_of_a_second_without_tensorflow(
+    tmp_path: Path, setting: str, schedule: str
+) -> None:
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(tmp_path),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "LOOKALIKE_INGEST_SCHEDULE": "*/20 * * * *",
+        "LOOKALIKE_INGEST_SCHEDULE": setting,
     }
     done = subprocess.run(
         [sys.executable, "-c", _PARSE, str(DAGS)],
@@ -134,7 +139,7 @@ def test_dag_files_parse_in_a_fraction_of_a_second_without_tensorflow(tmp_path: 
     assert set(parsed["files"]) == {"lookalike_ingest.py", "lookalike_rollout.py"}
     assert all(seconds < 1.0 for seconds in parsed["files"].values()), parsed["files"]
     assert not parsed["tensorflow"], "TensorFlow must be imported inside tasks only"
-    assert parsed["schedule"] == "*/20 * * * *", "the schedule comes from the settings"
+    assert parsed["schedule"] == schedule, "the schedule comes from the settings"
 
 
 def test_every_dag_has_tags_docs_and_retries(airflow_env: dict[str, Any]) -> None:
