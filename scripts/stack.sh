@@ -212,21 +212,24 @@ spawn() {  # name, command...: start it in a session of its own, logging to logs
   echo $! >"$RUN/$name.pid"
 }
 
-stop_service() {  # name: SIGTERM (Airflow's processes and Celery shut down cleanly on it), wait,
-  # then SIGKILL whatever is left in its session (task processes run in process groups of their own)
-  local name="$1" pid left deadline
-  pid="$(pid_of "$name")"
-  [ -n "$pid" ] || return 0
-  if alive "$name"; then
-    log "stopping $name"
-    kill -TERM "$pid" 2>/dev/null || true
-    deadline=$((SECONDS + 30))
+stop_services() {  # names: SIGTERM to all at once (Airflow's processes and Celery shut down
+  # cleanly on it), wait, then SIGKILL whatever is left in their sessions (task processes run in
+  # process groups of their own)
+  local name pid pids=() deadline left
+  for name in "$@"; do
+    pid="$(pid_of "$name")"
+    [ -n "$pid" ] || continue
+    pids+=("$pid")
+    if alive "$name"; then log "stopping $name"; kill -TERM "$pid" 2>/dev/null || true; fi
+  done
+  deadline=$((SECONDS + 30))
+  for pid in ${pids[@]+"${pids[@]}"}; do
     while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.5; done
-  fi
-  left="$(ps -o pid= -s "$pid" 2>/dev/null | tr '\n' ' ' || true)"
-  # shellcheck disable=SC2086
-  if [ -n "${left// /}" ]; then kill -KILL $left 2>/dev/null || true; fi
-  rm -f "$RUN/$name.pid"
+    left="$(ps -o pid= -s "$pid" 2>/dev/null | tr '\n' ' ' || true)"
+    # shellcheck disable=SC2086
+    if [ -n "${left// /}" ]; then kill -KILL $left 2>/dev/null || true; fi
+  done
+  for name in "$@"; do rm -f "$RUN/$name.pid"; done
 }
 
 wait_until() {  # what, seconds, service whose death ends the wait ("" for none), command...
@@ -424,9 +427,9 @@ up() {
 down() {
   if [ ! -e "$STACK" ]; then log "no stack in $STACK"; return 0; fi
   [ -f "$MARKER" ] || die "$STACK is not a stack folder: not touching it"
-  local name
-  stop_service search-api
-  for name in $(worker_names) triggerer dag-processor scheduler api-server redis; do stop_service "$name"; done
+  # shellcheck disable=SC2046
+  stop_services search-api $(worker_names) triggerer dag-processor scheduler api-server
+  stop_services redis
   opensearch stop --name stack >/dev/null 2>&1 || true
   stop_postgres
   rm -rf "$STACK"
