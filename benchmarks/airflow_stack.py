@@ -225,9 +225,9 @@ def measure(workers: int, library: Path, batch_size: int, folder: Path) -> dict[
         },
     )
     started = time.perf_counter()
-    stack.up()
-    up_s = time.perf_counter() - started
     try:
+        stack.up()
+        up_s = time.perf_counter() - started
         password = stack.env()["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]
         api = AirflowApi(stack.airflow_url, _admin_password(Path(password)))
         api.unpause("lookalike_ingest")

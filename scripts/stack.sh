@@ -35,6 +35,7 @@
 # Other AIRFLOW__* and LOOKALIKE_* variables in the environment reach the services unchanged,
 # e.g. AIRFLOW__SCHEDULER__TASK_INSTANCE_HEARTBEAT_TIMEOUT or LOOKALIKE_AIRFLOW_RETRY_DELAY_S.
 set -euo pipefail
+CALLER_DIR="$PWD"  # where relative --dir and LOOKALIKE_ENV_FILE paths start
 cd "$(dirname "$0")/.."
 REPO="$(pwd)"
 VENV="$REPO/.venv"
@@ -52,7 +53,7 @@ while [ $# -gt 0 ]; do
     *) die "unknown option $1 (see --help)" ;;
   esac
 done
-case "$STACK" in /*) ;; *) STACK="$PWD/$STACK" ;; esac
+case "$STACK" in /*) ;; *) STACK="$CALLER_DIR/$STACK" ;; esac
 MARKER="$STACK/.lookalike-stack"
 RUN="$STACK/run"
 LOGS="$STACK/logs"
@@ -76,6 +77,7 @@ load_env_file() {  # KEY=VALUE lines as docker compose reads them; the environme
 
 read_settings() {
   local file="${LOOKALIKE_ENV_FILE:-}"
+  case "$file" in ''|/*) ;; *) file="$CALLER_DIR/$file" ;; esac
   if [ -z "$file" ]; then
     file=.env
     if [ ! -f .env ]; then

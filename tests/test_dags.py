@@ -14,14 +14,14 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
+from support import Searcher
 
 from pipeline.settings import Settings
 
@@ -276,32 +276,22 @@ def test_a_retried_batch_duplicates_nothing(embedder, lookalike: dict[str, Path]
 # -- the rollout DAG ---------------------------------------------------------------------------
 
 
-class Searcher(threading.Thread):
-    """Searches through ``open_store()`` in a loop, as the API does, recording every model
-    version that answered and every error."""
+def similar_to_asset(asset_id: str) -> Callable[[], str]:
+    """A query as the API makes it: through ``open_store()`` (the alias), 3 hits expected;
+    returns the model version that answered."""
 
-    def __init__(self, asset_id: str) -> None:
-        super().__init__(daemon=True)
-        self.asset_id = asset_id
-        self.models: list[str] = []
-        self.errors: list[str] = []
-        self.stop = threading.Event()
-
-    def run(self) -> None:
+    def query() -> str:
         from pipeline.search import similar_to
         from pipeline.store import open_store
         from pipeline.store.base import SearchRequest
 
-        while not self.stop.is_set():
-            try:
-                with open_store(None, Settings()) as store:
-                    hits = similar_to(store, self.asset_id, SearchRequest(k=3)).hits
-                    if len(hits) != 3:
-                        self.errors.append(f"{len(hits)} hits from {store.model_id}")
-                    self.models.append(store.model_id)
-            except Exception as exc:  # every failure is a finding, whatever its type
-                self.errors.append(repr(exc))
-            time.sleep(0.01)
+        with open_store(None, Settings()) as store:
+            hits = similar_to(store, asset_id, SearchRequest(k=3)).hits
+            if len(hits) != 3:
+                raise AssertionError(f"{len(hits)} hits from {store.model_id}")
+            return store.model_id
+
+    return query
 
 
 def test_rollout_dag_switches_versions_while_search_answers_and_rolls_back(
@@ -316,7 +306,7 @@ def test_rollout_dag_switches_versions_while_search_answers_and_rolls_back(
         asset_id = next(iter(store.states()))
         assert store.active_model() == BASE
 
-    searcher = Searcher(asset_id)
+    searcher = Searcher(similar_to_asset(asset_id))
     searcher.start()
     try:
         time.sleep(0.5)
