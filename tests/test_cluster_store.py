@@ -23,6 +23,7 @@ from pipeline.store.cluster import (
     BulkWriteError,
     filter_query,
     from_source,
+    fuse,
     index_name,
     mapping_files,
     run_from_source,
@@ -122,7 +123,7 @@ def test_client_side_fusion_matches_the_embedded_store(tmp_path: Path) -> None:
             store.search(request.model_copy(update={"text": None})).hits,
             store.search(request.model_copy(update={"vector": None})).hits,
         ]
-        fused = es_store.fuse(request, *[[(h.id, h.score) for h in leg] for leg in legs])
+        fused = fuse(request, *[[(h.id, h.score) for h in leg] for leg in legs])
         expected = store.search(request).hits
         assert [i for i, _ in fused] == [h.id for h in expected]
         assert np.allclose([s for _, s in fused], [h.score for h in expected])
