@@ -75,7 +75,10 @@ load_env_file() {  # KEY=VALUE lines as docker compose reads them; the environme
   done < "$file"
 }
 
-read_settings() {
+SETTINGS_READ=0
+read_settings() {  # once per invocation (status after up would read and announce them again)
+  [ "$SETTINGS_READ" -eq 0 ] || return 0
+  SETTINGS_READ=1
   local file="${LOOKALIKE_ENV_FILE:-}"
   case "$file" in ''|/*) ;; *) file="$CALLER_DIR/$file" ;; esac
   if [ -z "$file" ]; then
