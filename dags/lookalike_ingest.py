@@ -6,10 +6,10 @@ labelled and written; files that cannot be decoded are quarantined with the reas
 deleted files are removed. An unchanged folder costs a directory walk and writes nothing.
 
 **Tasks**: `discover` (scan, compare with the index) -> `plan_batches` -> `embed_batch` (one
-mapped task per batch: read, embed, label, write) -> `remove_deleted` -> `summary` (returned as
-XCom, logged, and recorded in the store, where Dashboards and `lookalike runs` read it) ->
-`announce` (updates the `lookalike_index` Asset when the index changed, so downstream DAGs can
-be scheduled on it).
+mapped task per batch: read, embed, label, write) -> `all_landed` -> `remove_deleted` ->
+`summary` (returned as XCom, logged, and recorded in the store, where Dashboards and
+`lookalike runs` read it) -> `announce` (updates the `lookalike_index` Asset when the index
+changed, so downstream DAGs can be scheduled on it).
 
 **Safe to re-run and to retry**: documents are upserted by id, so a retried batch or a re-run
 interval duplicates nothing; each batch carries the index state it was planned against. A run
@@ -21,6 +21,13 @@ builds whatever indexes it left missing.
 exits 0 and 3 for; the task logs a warning for the latter. Files that cannot be read (FIFOs,
 devices, loops, permissions), decoded, or decoded within `LOOKALIKE_DECODE_TIMEOUT_S` are
 quarantined, never fatal.
+
+**Faults**: a missing or unreadable source folder fails `discover` at once with the reason
+(nothing is planned: an unreadable folder would otherwise look empty and its documents be
+deleted). An unreachable cluster makes the tasks retry with back-off, then fail. If a batch
+failed for good, `all_landed` fails the run and its log lists which batches (map indexes of
+`embed_batch`) landed and which did not; nothing is deleted or recorded, and the next run
+embeds only what did not land.
 
 **Params**: `source` (folder), `manifest` (CSV/Parquet with titles, keywords, metadata),
 `batch_size` (images per mapped task) and `store` (`embedded`, `opensearch`, `elasticsearch`).
@@ -35,13 +42,17 @@ With a cluster store the URL and credentials come from the Airflow connection
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 import pendulum
 from airflow.sdk import Asset, BaseHook, Param, dag, task
-from airflow.sdk.exceptions import AirflowNotFoundException, AirflowSkipException
+from airflow.sdk.exceptions import (
+    AirflowFailException,
+    AirflowNotFoundException,
+    AirflowSkipException,
+)
 
 from pipeline.settings import Settings, get_settings
 
@@ -63,6 +74,12 @@ def _settings(params: Mapping[str, Any]) -> Settings:
     return Settings.for_run({"store": params["store"]}, _connection)
 
 
+def _pulled(results: Sequence[Any] | None) -> list[Any]:
+    """The mapped batches' results that exist (none when nothing was mapped), indexed rather
+    than iterated: iterating asks for one past the last and logs the miss as an error."""
+    return [results[i] for i in range(len(results))] if results else []
+
+
 @dag(
     dag_id="lookalike_ingest",
     schedule=SETTINGS.ingest_schedule,
@@ -73,7 +90,7 @@ def _settings(params: Mapping[str, Any]) -> Settings:
     default_args={
         "owner": "lookalike",
         "retries": 3,
-        "retry_delay": timedelta(minutes=1),
+        "retry_delay": timedelta(seconds=SETTINGS.airflow_retry_delay_s),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=30),
     },
@@ -109,9 +126,14 @@ def lookalike_ingest() -> None:
     @task
     def discover(params: dict[str, Any], run_id: str) -> dict[str, Any]:
         """Scan the folder and compare it with the index: what to embed, what to delete."""
+        from pipeline.discover import SourceError
         from pipeline.ingest import plan_run
 
-        plan = plan_run(params["source"], params["manifest"], _settings(params), run_id=run_id)
+        try:
+            plan = plan_run(params["source"], params["manifest"], _settings(params), run_id=run_id)
+        except SourceError as exc:  # retrying would not change it: fail now, say why
+            log.error("%s", exc)
+            raise AirflowFailException(str(exc)) from None
         log.info(
             "%s: %d to embed, %d unchanged, %d to delete (index %s)",
             plan.source,
@@ -134,13 +156,29 @@ def lookalike_ingest() -> None:
 
     @task(pool=SETTINGS.airflow_pool)
     def embed_batch(
-        batch: list[dict[str, Any]], plan: dict[str, Any], params: dict[str, Any]
+        batch: list[dict[str, Any]], plan: dict[str, Any], params: dict[str, Any], ti: Any
     ) -> dict[str, Any]:
         """Read, embed, label and write one batch (idempotent: upserts by id)."""
         from pipeline.ingest import AssetRef, run_batch
 
         refs = [AssetRef.model_validate(ref) for ref in batch]
-        return run_batch(refs, plan["model"], _settings(params)).model_dump(mode="json")
+        result = run_batch(refs, plan["model"], _settings(params))
+        return {"batch": ti.map_index, **result.model_dump(mode="json")}
+
+    # Once every batch is done, landed or not; skipped (and not needed) when none was mapped.
+    @task(trigger_rule="all_done_min_one_success")
+    def all_landed(batches: list[list[dict[str, Any]]], results: Any) -> None:
+        """Fail the run (no retry) unless every batch landed; the log says which did."""
+        from pipeline.ingest import AssetRef, BatchResult, IncompleteRun, landed_results
+
+        try:
+            landed_results(
+                [[AssetRef.model_validate(ref) for ref in batch] for batch in batches],
+                {r["batch"]: BatchResult.model_validate(r) for r in _pulled(results)},
+            )
+        except IncompleteRun as exc:
+            log.error("%s", exc)
+            raise AirflowFailException(str(exc).splitlines()[0]) from None
 
     @task(trigger_rule="none_failed")  # also when there was nothing to embed
     def remove_deleted(plan: dict[str, Any], params: dict[str, Any]) -> int:
@@ -151,14 +189,14 @@ def lookalike_ingest() -> None:
 
     @task(trigger_rule="none_failed")
     def summary(
-        plan: dict[str, Any], results: list[dict[str, Any]], deleted: int, params: dict[str, Any]
+        plan: dict[str, Any], results: Any, deleted: int, params: dict[str, Any]
     ) -> dict[str, Any]:
         """Close the run: compact the index, record the summary in the store, return it."""
         from pipeline.ingest import BatchResult, RunPlan, finish_run
 
         run = finish_run(
             RunPlan.model_validate(plan),
-            [BatchResult.model_validate(r) for r in results or []],
+            [BatchResult.model_validate(r) for r in _pulled(results)],
             deleted,
             _settings(params),
         )
@@ -194,9 +232,10 @@ def lookalike_ingest() -> None:
         }
 
     plan = discover()
-    written = embed_batch.partial(plan=plan).expand(batch=plan_batches(plan))
+    batches = plan_batches(plan)
+    written = embed_batch.partial(plan=plan).expand(batch=batches)
     deleted = remove_deleted(plan)
-    written >> deleted
+    all_landed(batches, written) >> deleted
     announce(summary(plan, written, deleted))
 
 

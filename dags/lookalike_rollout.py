@@ -73,7 +73,7 @@ def _settings(params: Mapping[str, Any]) -> Settings:
     default_args={
         "owner": "lookalike",
         "retries": 2,
-        "retry_delay": timedelta(minutes=1),
+        "retry_delay": timedelta(seconds=SETTINGS.airflow_retry_delay_s),
         "retry_exponential_backoff": True,
         "max_retry_delay": timedelta(minutes=30),
     },

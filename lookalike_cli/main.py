@@ -22,7 +22,7 @@ from rich.table import Table
 
 from pipeline.backbones import get_spec
 from pipeline.decode import DecodeError
-from pipeline.discover import ManifestError
+from pipeline.discover import ManifestError, SourceError
 from pipeline.document import AliasSwitch, IngestSummary, Label
 from pipeline.embed import get_embedder
 from pipeline.ingest import ingest as run_ingest
@@ -90,6 +90,7 @@ def _user_errors(failures: tuple[type[Exception], ...] = ()) -> Iterator[None]:
         ManifestError,
         AssetNotFound,
         StoreError,
+        SourceError,
         FileNotFoundError,
         ValueError,
     ) as exc:

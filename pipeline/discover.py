@@ -140,6 +140,13 @@ def asset_id(uri: str) -> str:
     return hashlib.sha256(uri.encode()).hexdigest()[:32]
 
 
+class SourceError(OSError):
+    """The source folder is missing or cannot be listed. Raised before anything is planned: a
+    source scanned as empty would make every file count as deleted, and ingestion would
+    remove their documents from the index. (A subfolder that cannot be listed is an asset with
+    a ``problem`` instead: the run goes on and keeps the documents under it.)"""
+
+
 def scan(
     source: Path,
     manifest: Path | None = None,
@@ -151,10 +158,19 @@ def scan(
     each path is only checked (:func:`pipeline.decode.file_problem`); one that cannot be read,
     and each folder that cannot be listed, is returned with its ``problem`` so that it is
     reported, not silently dropped (``max_file_bytes`` makes a larger file such a problem).
-    Symbolic links to folders are not followed."""
+    Symbolic links to folders are not followed. ``SourceError`` when ``source`` itself is
+    missing, not a folder, or cannot be listed."""
     source = Path(os.path.abspath(source))
+    if not source.exists():
+        raise SourceError(f"source folder not found: {source}")
     if not source.is_dir():
-        raise FileNotFoundError(f"source folder not found: {source}")
+        raise SourceError(f"source is not a folder: {source}")
+    try:
+        os.scandir(source).close()
+    except OSError as exc:
+        raise SourceError(
+            f"cannot read source folder {source}: {exc.strerror}; nothing was changed"
+        ) from exc
     exts = {e.lower() for e in extensions}
     found: dict[Path, None] = {}
     unlisted: list[OSError] = []

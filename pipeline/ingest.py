@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -427,6 +427,39 @@ def run_batch(
     for result in run_batches(chunks, model_id, settings, library=library, embedder=embedder):
         merged.add(result)
     return merged
+
+
+class IncompleteRun(RuntimeError):
+    """Some batches of a run did not land (their tasks failed for good, e.g. while the cluster
+    was down). The message says which did and which did not."""
+
+
+def landed_results(
+    batches: Sequence[Sequence[AssetRef]], landed: Mapping[int, BatchResult]
+) -> list[BatchResult]:
+    """The results of every batch of a run, in order, given those that landed by batch index
+    (an Airflow run maps one task per batch, and any of them can fail for good).
+
+    Raises ``IncompleteRun`` when a batch is missing, before the run deletes or records
+    anything: the landed batches' documents are in the index, each one whole (upserted by
+    id), and the next run plans again and embeds only what did not land."""
+    missing = [i for i in range(len(batches)) if i not in landed]
+    if not missing:
+        return [landed[i] for i in range(len(batches))]
+    lines = [f"{len(missing)} of {len(batches)} batches did not land:"]
+    for i in missing:
+        lines.append(f"  batch {i}: {len(batches[i])} images, first {batches[i][0].asset.uri}")
+    lines.append(f"{len(batches) - len(missing)} landed:")
+    for i, result in sorted(landed.items()):
+        lines.append(
+            f"  batch {i}: {len(batches[i])} images ({result.new} new, {result.updated} "
+            f"updated, {len(result.quarantined)} quarantined)"
+        )
+    lines.append(
+        "Nothing was deleted and the run was not recorded; run the ingest again: it embeds "
+        "only what did not land."
+    )
+    raise IncompleteRun("\n".join(lines))
 
 
 def remove_deleted(

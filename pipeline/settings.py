@@ -7,6 +7,7 @@ without passing literals around.
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -253,8 +254,10 @@ class Settings(BaseSettings):
     ingest_manifest: Path | None = Field(
         None, description="Manifest (CSV/Parquet) the scheduled ingest DAG reads, if any."
     )
-    ingest_schedule: str = Field(
-        "@hourly", description="When the ingest DAG runs: a cron expression or Airflow preset."
+    ingest_schedule: str | None = Field(
+        "@hourly",
+        description="When the ingest DAG runs: a cron expression or Airflow preset; `none`: "
+        "only when triggered (unpausing a scheduled DAG starts a run for the latest interval).",
     )
     airflow_batch_size: int = Field(
         256,
@@ -270,6 +273,18 @@ class Settings(BaseSettings):
         "default_pool",
         description="Airflow pool of the embedding tasks; create a small one (e.g. "
         "`airflow pools set lookalike_tf 2 ...`) to cap TensorFlow tasks across both DAGs.",
+    )
+    airflow_retry_delay_s: float = Field(
+        60.0,
+        gt=0,
+        description="First wait before Airflow retries a failed task; it doubles with every "
+        "retry (up to 30 min). A minute rides out a restarting node; tests use seconds.",
+    )
+    worker_name: str | None = Field(
+        None,
+        description="The host name Airflow records for the tasks this process runs (through "
+        "worker_hostname); default: the machine's. Set one per Celery worker when several run "
+        "on one machine (scripts/stack.sh does), or the task instances cannot tell them apart.",
     )
     airflow_opensearch_conn_id: str = Field(
         "opensearch_default",
@@ -307,6 +322,14 @@ class Settings(BaseSettings):
         50, ge=1, description="Self-check: indexed assets sampled (4 queries each)."
     )
     rollout_seed: int = Field(0, description="Self-check: seed of the sample (reproducible).")
+
+    @field_validator("ingest_schedule", mode="before")
+    @classmethod
+    def _no_schedule(cls, value: object) -> object:
+        """``none`` (or nothing), the only way an environment variable can say None."""
+        if isinstance(value, str) and value.strip().lower() in ("", "none"):
+            return None
+        return value
 
     @property
     def index_asset_uri(self) -> str:
@@ -369,6 +392,14 @@ class Settings(BaseSettings):
     @property
     def samples_dir(self) -> Path:
         return self.home / "samples"
+
+
+def worker_hostname() -> str:
+    """Airflow's ``[core] hostname_callable`` for Lookalike's workers: ``LOOKALIKE_WORKER_NAME``,
+    else the machine's fully qualified name (Airflow's own default). Airflow records it on every
+    task instance it runs, which is how the UI, the logs and the tests see which worker ran what.
+    """
+    return get_settings().worker_name or socket.getfqdn()
 
 
 @lru_cache(maxsize=1)

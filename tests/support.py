@@ -9,7 +9,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,3 +130,31 @@ def cli_env(home: Path, model_dir: Path, **settings: object) -> dict[str, str]:
     env = {**os.environ, "LOOKALIKE_HOME": str(home)}
     env.update({f"LOOKALIKE_{k.upper()}": str(v) for k, v in settings.items()})
     return env
+
+
+class Searcher(threading.Thread):
+    """Runs ``query`` in a loop until stopped, as the clients of a search service do while a
+    rollout switches model versions, recording the model version of every answer (what
+    ``query`` returns) and every failure (whatever it raises: each is a finding)."""
+
+    def __init__(self, query: Callable[[], str], pause_s: float = 0.01) -> None:
+        super().__init__(daemon=True)
+        self.query = query
+        self.pause_s = pause_s
+        self.models: list[str] = []
+        self.errors: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            try:
+                self.models.append(self.query())
+            except Exception as exc:  # every failure is a finding, whatever its type
+                self.errors.append(repr(exc))
+            time.sleep(self.pause_s)
+
+    def wait_for(self, model: str, answers: int = 20, timeout_s: float = 60) -> None:
+        """Until the last ``answers`` answers all came from ``model``."""
+        deadline = time.monotonic() + timeout_s
+        while self.models[-answers:].count(model) < answers and time.monotonic() < deadline:
+            time.sleep(0.2)

@@ -14,17 +14,18 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pandas as pd
 import pytest
+from support import Searcher
 
 from pipeline.library import Library
+from pipeline.search import SearchRequest
 from pipeline.settings import Settings
 
 pytestmark = pytest.mark.slow
@@ -151,13 +152,18 @@ print(json.dumps({
 """
 
 
-def test_dag_files_parse_in_a_fraction_of_a_second_without_tensorflow(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("setting", "schedule"), [("*/20 * * * *", "*/20 * * * *"), ("none", "None")]
+)
+def test_dag_files_parse_in_a_fraction_of_a_second_without_tensorflow(
+    tmp_path: Path, setting: str, schedule: str
+) -> None:
     env = {
         **os.environ,
         "AIRFLOW_HOME": str(tmp_path),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS),
-        "LOOKALIKE_INGEST_SCHEDULE": "*/20 * * * *",
+        "LOOKALIKE_INGEST_SCHEDULE": setting,
     }
     done = subprocess.run(
         [sys.executable, "-c", _PARSE, str(DAGS)],
@@ -173,7 +179,7 @@ def test_dag_files_parse_in_a_fraction_of_a_second_without_tensorflow(tmp_path: 
     assert set(parsed["files"]) == {"lookalike_ingest.py", "lookalike_rollout.py"}
     assert all(seconds < 1.0 for seconds in parsed["files"].values()), parsed["files"]
     assert not parsed["tensorflow"], "TensorFlow must be imported inside tasks only"
-    assert parsed["schedule"] == "*/20 * * * *", "the schedule comes from the settings"
+    assert parsed["schedule"] == schedule, "the schedule comes from the settings"
 
 
 def test_every_dag_has_tags_docs_and_retries(airflow_env: dict[str, Any]) -> None:
@@ -316,31 +322,19 @@ def test_a_retried_batch_duplicates_nothing(embedder, lookalike: dict[str, Path]
 # -- the rollout DAG ---------------------------------------------------------------------------
 
 
-class Searcher(threading.Thread):
-    """Searches the library's active version in a loop, as the API does, recording every
-    model version that answered and every error."""
+def similar_to_asset(asset_id: str) -> Callable[[], str]:
+    """A query as the API makes it: the library's active version, 3 hits expected; returns
+    the model version that answered."""
 
-    def __init__(self, asset_id: str) -> None:
-        super().__init__(daemon=True)
-        self.asset_id = asset_id
-        self.models: list[str] = []
-        self.errors: list[str] = []
-        self.stop = threading.Event()
+    def query() -> str:
+        with Library.open(Settings()) as library:
+            searcher = library.searcher()
+            hits = searcher.similar(asset_id, SearchRequest(k=3)).hits
+            if len(hits) != 3:
+                raise AssertionError(f"{len(hits)} hits from {searcher.index.model_id}")
+            return searcher.index.model_id
 
-    def run(self) -> None:
-        from pipeline.search import SearchRequest
-
-        while not self.stop.is_set():
-            try:
-                with Library.open(Settings()) as library:
-                    searcher = library.searcher()
-                    hits = searcher.similar(self.asset_id, SearchRequest(k=3)).hits
-                    if len(hits) != 3:
-                        self.errors.append(f"{len(hits)} hits from {searcher.index.model_id}")
-                    self.models.append(searcher.index.model_id)
-            except Exception as exc:  # every failure is a finding, whatever its type
-                self.errors.append(repr(exc))
-            time.sleep(0.01)
+    return query
 
 
 def test_rollout_dag_switches_versions_while_search_answers_and_rolls_back(
@@ -355,7 +349,7 @@ def test_rollout_dag_switches_versions_while_search_answers_and_rolls_back(
         asset_id = next(iter(library.index().states()))
         assert library.catalogue.active() == BASE
 
-    searcher = Searcher(asset_id)
+    searcher = Searcher(similar_to_asset(asset_id))
     searcher.start()
     try:
         time.sleep(0.5)

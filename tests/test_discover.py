@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from pipeline.discover import ManifestError, asset_id, path_to_uri, plan, scan
-from pipeline.document import StoredState
+from pipeline.discover import ManifestError, SourceError, asset_id, path_to_uri, scan
 
 
 @pytest.fixture
@@ -69,39 +74,62 @@ def test_manifest_without_path_column_is_a_clear_error(tree: Path) -> None:
 
 
 def test_missing_source_is_a_clear_error(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="source folder not found"):
+    with pytest.raises(SourceError, match="source folder not found"):
         scan(tmp_path / "nope")
+    (tmp_path / "file.jpg").write_bytes(b"x")
+    with pytest.raises(SourceError, match="source is not a folder"):
+        scan(tmp_path / "file.jpg")
 
 
-def _state(asset, sha: str = "s") -> StoredState:
-    return StoredState(
-        uri=asset.uri,
-        sha256=sha,
-        fingerprint=asset.fingerprint(sha),
-        size_bytes=asset.size_bytes,
-        mtime_ns=asset.mtime_ns,
+_SCAN = """
+import sys
+from pipeline.discover import SourceError, scan
+try:
+    print(sorted((a.path.name, a.problem) for a in scan(sys.argv[1])))
+except SourceError as exc:
+    print(exc)
+"""
+
+
+@pytest.fixture
+def shared_tree() -> Iterator[Path]:
+    """A tree that another user can reach (pytest's own temporary folders are private)."""
+    base = Path(tempfile.mkdtemp(prefix="lookalike-discover-"))
+    base.chmod(0o755)
+    (base / "library" / "locked").mkdir(parents=True)
+    (base / "library" / "one.jpg").write_bytes(b"one")
+    (base / "library" / "locked" / "two.jpg").write_bytes(b"two")
+    yield base / "library"
+    for folder in (base / "library", base / "library" / "locked"):
+        folder.chmod(0o755)
+    shutil.rmtree(base)
+
+
+def scan_unprivileged(source: Path) -> str:
+    """What ``scan`` says in a process that cannot read every folder: this user's, or, when the
+    tests run as root (root reads even a mode-000 folder), the ``nobody`` user's."""
+    drop = []
+    if os.geteuid() == 0:
+        drop = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--"]
+    done = subprocess.run(
+        [*drop, sys.executable, "-c", _SCAN, str(source)],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd="/",
     )
+    return done.stdout.strip()
 
 
-def test_plan_skips_unchanged_by_stat_and_scopes_deletes(tree: Path, tmp_path: Path) -> None:
-    assets = scan(tree)
-    stored = {a.id: _state(a) for a in assets}
-    other = StoredState(
-        uri="file:///elsewhere/x.jpg", sha256="s", fingerprint="f", size_bytes=1, mtime_ns=1
-    )
-    stored["other-source"] = other
-    stored["deleted-here"] = other.model_copy(update={"uri": path_to_uri(tree / "gone.jpg")})
-    result = plan(assets, stored, tree)
-    assert result.todo == [] and result.unchanged == 3
-    assert result.deleted == ["deleted-here"]
-
-
-def test_plan_redoes_touched_or_retitled_assets(tree: Path) -> None:
-    assets = scan(tree)
-    stored = {a.id: _state(a) for a in assets}
-    touched = stored[assets[0].id].model_copy(update={"mtime_ns": 1})
-    retitled = stored[assets[1].id].model_copy(update={"fingerprint": "old-title"})
-    stored.update({assets[0].id: touched, assets[1].id: retitled})
-    result = plan(assets, stored, tree)
-    assert {a.id for a in result.todo} == {assets[0].id, assets[1].id}
-    assert result.unchanged == 1
+def test_unreadable_folders_are_reported_never_skipped(shared_tree: Path) -> None:
+    """``os.walk`` would skip a folder it cannot list silently: its files would count as
+    deleted. A subfolder becomes an asset with the problem (its documents are kept); the
+    source folder itself stops the scan."""
+    assert scan_unprivileged(shared_tree) == str([("one.jpg", None), ("two.jpg", None)])
+    (shared_tree / "locked").chmod(0)
+    said = scan_unprivileged(shared_tree)
+    assert said.startswith("[('locked', 'cannot list folder") and "('one.jpg', None)" in said
+    (shared_tree / "locked").chmod(0o755)
+    shared_tree.chmod(0)
+    said = scan_unprivileged(shared_tree)
+    assert said.startswith(f"cannot read source folder {shared_tree}:"), said

@@ -143,3 +143,27 @@ def test_changes_are_picked_up_incrementally(sample_manifest, embedder, tmp_path
     )
     assert "chelsea_warm" in {stem(h.document.uri) for h in hits}
     lib.close()
+
+
+def test_a_run_whose_batches_did_not_all_land_says_which_did(sample_manifest) -> None:
+    """What the ingest DAG's ``all_landed`` decides when mapped batches failed for good."""
+    from pipeline.ingest import BatchResult, IncompleteRun, landed_results, plan_batches, plan_run
+
+    plan = plan_run(sample_manifest.parent / "copies", settings=Settings())
+    batches = plan_batches(plan.todo, 4)
+    assert len(batches) == 3
+    landed = {2: BatchResult(new=2), 0: BatchResult(new=3, updated=1)}
+    with pytest.raises(IncompleteRun) as raised:
+        landed_results(batches, landed)
+    lines = str(raised.value).splitlines()
+    assert lines[0] == "1 of 3 batches did not land:"
+    assert lines[1] == f"  batch 1: 4 images, first {batches[1][0].asset.uri}"
+    assert lines[2:5] == [
+        "2 landed:",
+        "  batch 0: 4 images (3 new, 1 updated, 0 quarantined)",
+        "  batch 2: 2 images (2 new, 0 updated, 0 quarantined)",
+    ]
+    assert "Nothing was deleted and the run was not recorded" in lines[5]
+    landed[1] = BatchResult(updated=4)
+    assert landed_results(batches, landed) == [landed[0], landed[1], landed[2]]
+    assert landed_results([], {}) == []

@@ -1,19 +1,26 @@
-"""The docker-compose stack, its Dockerfile and .env.example, checked without a Docker engine.
+"""The docker-compose stack, its Dockerfile and .env.example, checked without a Docker engine,
+and scripts/stack.sh (the same stack without Docker) held to the same settings.
 
 ``docker compose config`` validates the file only where the compose plugin is installed (that
 test skips otherwise); the file is always parsed with PyYAML and checked for what the stack
 needs to come up right: the services, images pinned to versions, healthchecks, ports,
 volumes, ``depends_on`` conditions, the security plugin's admin password and Airflow 3's
-settings.
+settings. ``scripts/stack.sh env`` prints the environment it gives the services; it must have
+compose's variables, from the same .env, except for the differences listed here with reasons.
+tests/test_stack_e2e.py runs the stack itself.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import re
+import shlex
 import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, urlsplit
 
 import pytest
 import yaml
@@ -26,7 +33,19 @@ COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, dict[str, Any]] = COMPOSE["services"]
 ONE_SHOT = {name for name, s in SERVICES.items() if s.get("restart") == "no"}
 LONG_RUNNING = set(SERVICES) - ONE_SHOT
-AIRFLOW = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
+AIRFLOW = {
+    "airflow-apiserver",
+    "airflow-scheduler",
+    "airflow-dag-processor",
+    "airflow-triggerer",
+    "airflow-worker",
+}
+STACK_SH = REPO / "scripts" / "stack.sh"
+ENV_EXAMPLE = dict(
+    line.split("=", 1)
+    for line in (REPO / ".env.example").read_text().splitlines()
+    if line and not line.startswith("#")
+)
 
 
 def command(service: str) -> str:
@@ -40,14 +59,14 @@ def test_every_part_of_the_stack_is_there() -> None:
         "opensearch-dashboards",
         "lookalike-init",
         "postgres",
+        "redis",
         "airflow-init",
         *AIRFLOW,
         "search-api",
     } <= set(SERVICES)
     assert {"lookalike-init", "airflow-init"} == ONE_SHOT
-    for service, airflow_command in zip(
-        sorted(AIRFLOW), ["api-server", "dag-processor", "scheduler", "triggerer"], strict=True
-    ):
+    commands = ["api-server", "dag-processor", "scheduler", "triggerer", "celery worker"]
+    for service, airflow_command in zip(sorted(AIRFLOW), commands, strict=True):
         assert command(service).startswith(f"airflow {airflow_command}"), service
     assert "airflow db migrate" in command("airflow-init")
     assert command("search-api") == "lookalike serve --host 0.0.0.0 --port 8000"
@@ -86,6 +105,8 @@ def test_long_running_services_have_healthchecks() -> None:
     assert "$${OPENSEARCH_INITIAL_ADMIN_PASSWORD}" in probes["opensearch"], "security plugin on"
     assert "/api/status" in probes["opensearch-dashboards"]
     assert "pg_isready" in probes["postgres"]
+    assert "redis-cli ping" in probes["redis"]
+    assert 'inspect ping -d "celery@$${HOSTNAME}"' in probes["airflow-worker"]
     assert "/api/v2/version" in probes["airflow-apiserver"]
     assert "8974/health" in probes["airflow-scheduler"]
     assert "DagProcessorJob" in probes["airflow-dag-processor"]
@@ -103,6 +124,7 @@ def test_ports_are_published_on_loopback() -> None:
     assert published["airflow-apiserver"] == ["127.0.0.1:8080"]
     assert published["search-api"] == ["127.0.0.1:8000"]
     assert not published["postgres"], "the metadata DB stays internal"
+    assert not published["redis"], "the broker stays internal"
 
 
 def test_volumes() -> None:
@@ -121,7 +143,7 @@ def test_volumes() -> None:
     for name in AIRFLOW | {"airflow-init"}:
         assert "./dags:/opt/airflow/dags:ro" in SERVICES[name]["volumes"], name
     library = "${LOOKALIKE_LIBRARY:-./library}:/data/library:ro"
-    assert library in SERVICES["airflow-scheduler"]["volumes"], "tasks run in the scheduler"
+    assert library in SERVICES["airflow-worker"]["volumes"], "tasks run in the workers"
     assert library in SERVICES["search-api"]["volumes"], "same paths as the ingested URIs"
 
 
@@ -133,7 +155,7 @@ def test_depends_on_waits_for_health_or_completion() -> None:
             assert target in ONE_SHOT or "healthcheck" in SERVICES[target], (name, target)
     assert set(SERVICES["lookalike-init"]["depends_on"]) == {"opensearch", "opensearch-dashboards"}
     for name in AIRFLOW:
-        assert {"postgres", "airflow-init"} <= set(SERVICES[name]["depends_on"]), name
+        assert {"postgres", "redis", "airflow-init"} <= set(SERVICES[name]["depends_on"]), name
     assert "opensearch" in SERVICES["search-api"]["depends_on"]
 
 
@@ -149,10 +171,18 @@ def test_opensearch_security_and_airflow_settings() -> None:
     )
     for name in AIRFLOW | {"airflow-init"}:
         env = SERVICES[name]["environment"]
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith(
             "postgresql+psycopg2://airflow:"
         )
+        assert env["AIRFLOW__CELERY__BROKER_URL"] == (
+            "redis://:${REDIS_PASSWORD:?set it in .env}@redis:6379/0"
+        )
+        assert env["AIRFLOW__CELERY__RESULT_BACKEND"].startswith("db+postgresql://airflow:")
+        connection = json.loads(env["AIRFLOW_CONN_OPENSEARCH_DEFAULT"])
+        assert connection["conn_type"] == "opensearch"
+        assert (connection["host"], connection["port"]) == ("opensearch", 9200)
+        assert connection["password"] == "${OPENSEARCH_INITIAL_ADMIN_PASSWORD:?set it in .env}"
         assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"].startswith(
             "http://airflow-apiserver:8080/"
         )
@@ -160,16 +190,12 @@ def test_opensearch_security_and_airflow_settings() -> None:
         assert env["LOOKALIKE_STORE"] == "opensearch"
         assert env["LOOKALIKE_CLUSTER_URLS"] == "https://opensearch:9200"
     assert SERVICES["search-api"]["environment"]["LOOKALIKE_STORE"] == "opensearch"
+    assert SERVICES["airflow-worker"]["deploy"]["replicas"] == 2, "as many as scripts/stack.sh"
 
 
 def test_every_required_variable_is_in_env_example() -> None:
-    example = dict(
-        line.split("=", 1)
-        for line in (REPO / ".env.example").read_text().splitlines()
-        if line and not line.startswith("#")
-    )
     referenced = set(re.findall(r"(?<!\$)\$\{(\w+)(?::?\?[^}]*)?\}", COMPOSE_TEXT))
-    assert referenced <= set(example), referenced - set(example)
+    assert referenced <= set(ENV_EXAMPLE), referenced - set(ENV_EXAMPLE)
     assert ".env" in (REPO / ".gitignore").read_text().split()
 
 
@@ -216,3 +242,123 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
         text=True,
     )
     assert result.returncode == 0, result.stderr
+
+
+# -- scripts/stack.sh: the same stack without Docker -----------------------------------------------
+
+# Variables one of the two has and the other need not, and why. Everything else must match.
+COMPOSE_ONLY = {
+    "LOOKALIKE_CLUSTER_PASSWORD": "the node from Maven Central has no security plugin",
+    "LOOKALIKE_CLUSTER_VERIFY_CERTS": "... nor TLS: the stack speaks plain HTTP on loopback",
+}
+STACK_ONLY = {
+    "LOOKALIKE_OPENSEARCH_ENGINE": "the Maven k-NN plugin lacks faiss: lucene",
+    "AIRFLOW__CORE__DAGS_FOLDER": "compose mounts dags/ at AIRFLOW_HOME/dags, the default",
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_HOST": "loopback, not a container's 0.0.0.0",
+    "AIRFLOW__SCHEDULER__SCHEDULER_HEALTH_CHECK_SERVER_PORT": "a free port, not 8974 per container",
+    "AIRFLOW__CORE__HOSTNAME_CALLABLE": "workers share one host name: each records its own",
+}
+UNUSED_BY_STACK = {"OPENSEARCH_INITIAL_ADMIN_PASSWORD": "no security plugin on the Maven node"}
+
+
+def stack_env(tmp_path: Path, env_file: Path, **environ: str) -> dict[str, str]:
+    """What ``scripts/stack.sh env`` gives the services, with ``env_file`` as the .env."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("LOOKALIKE_", "AIRFLOW"))}
+    done = subprocess.run(
+        ["bash", str(STACK_SH), "env", "--dir", str(tmp_path / "stack")],
+        env={
+            **base,
+            "LOOKALIKE_ENV_FILE": str(env_file),
+            "LOOKALIKE_STACK_AIRFLOW_PORT": "0",
+            "LOOKALIKE_STACK_API_PORT": "0",
+            **environ,
+        },
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    exports = {}
+    for line in done.stdout.splitlines():
+        name, _, value = line.removeprefix("export ").partition("=")
+        exports[name] = shlex.split(value)[0] if value else ""
+    return exports
+
+
+def env_file(tmp_path: Path, **values: str) -> Path:
+    path = tmp_path / "test.env"
+    path.write_text("".join(f"{k}={v}\n" for k, v in {**ENV_EXAMPLE, **values}.items()))
+    return path
+
+
+def test_stack_sh_gives_airflow_compose_variables_from_the_same_env_file(tmp_path: Path) -> None:
+    secrets = {
+        "POSTGRES_PASSWORD": "pg p@ss/word",
+        "REDIS_PASSWORD": "redis:secret",
+        "AIRFLOW_JWT_SECRET": "jwt-from-the-file",
+        "AIRFLOW_FERNET_KEY": "Sm9rZXMgYXJlIG5vdCBrZXlzLCBidXQgMzIgYnl0ZXM=",
+        "LOOKALIKE_MODEL": "mobilenet_v2-gem-imagenet",
+        "LOOKALIKE_LIBRARY": "./photos",
+    }
+    env = stack_env(tmp_path, env_file(tmp_path, **secrets))
+    compose = SERVICES["airflow-worker"]["environment"]
+    assert set(compose) - set(COMPOSE_ONLY) == set(env) - set(STACK_ONLY)
+    assert set(COMPOSE_ONLY) <= set(compose) and not set(STACK_ONLY) & set(compose)
+    fixed = {
+        k: v
+        for k, v in compose.items()
+        if "$" not in str(v) and "/" not in str(v) and k not in COMPOSE_ONLY
+    }
+    fixed.pop("LOOKALIKE_CLUSTER_USER")  # admin on compose's secured node, none here
+    assert {k: env[k] for k in fixed} == fixed, "same values where nothing is host-specific"
+    assert env["LOOKALIKE_CLUSTER_USER"] == ""
+
+    pg = urlsplit(env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
+    assert pg.scheme == "postgresql+psycopg2" and pg.hostname == "127.0.0.1"
+    assert pg.password == quote(secrets["POSTGRES_PASSWORD"], safe="") and pg.path == "/airflow"
+    broker = urlsplit(env["AIRFLOW__CELERY__BROKER_URL"])
+    assert broker.password == quote(secrets["REDIS_PASSWORD"], safe="")
+    assert (broker.scheme, broker.hostname) == ("redis", "127.0.0.1")
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == (
+        "db+"
+        + env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+        .removeprefix("postgresql+psycopg2")
+        .replace("://", "postgresql://", 1)
+    )
+    assert env["AIRFLOW__API_AUTH__JWT_SECRET"] == secrets["AIRFLOW_JWT_SECRET"]
+    assert env["AIRFLOW__CORE__FERNET_KEY"] == secrets["AIRFLOW_FERNET_KEY"]
+    assert env["LOOKALIKE_MODEL"] == secrets["LOOKALIKE_MODEL"]
+    assert env["LOOKALIKE_INGEST_SOURCE"] == str(REPO / "photos"), "relative to the repository"
+    connection = json.loads(env["AIRFLOW_CONN_OPENSEARCH_DEFAULT"])
+    assert connection["conn_type"] == "opensearch" and connection["host"] == "127.0.0.1"
+    assert env["LOOKALIKE_CLUSTER_URLS"] == f"http://127.0.0.1:{connection['port']}"
+    assert urlsplit(env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"]).hostname == "127.0.0.1"
+    assert env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "pipeline.settings.worker_hostname"
+
+    again = stack_env(tmp_path, env_file(tmp_path, **secrets), POSTGRES_PASSWORD="from-env")
+    assert urlsplit(again["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]).password == "from-env", (
+        "the environment wins over the file, as with docker compose"
+    )
+
+
+def test_stack_sh_uses_every_env_example_setting_it_can() -> None:
+    script = STACK_SH.read_text()
+    code = "\n".join(line for line in script.splitlines() if not line.lstrip().startswith("#"))
+    used = {name for name in ENV_EXAMPLE if re.search(rf"\b{name}\b", code)}
+    assert set(ENV_EXAMPLE) - used == set(UNUSED_BY_STACK)
+    assert all(name in script for name in UNUSED_BY_STACK), "its header says why it is unused"
+
+
+def test_stack_sh_refuses_an_empty_secret_and_a_folder_that_is_not_its_own(
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(subprocess.CalledProcessError) as failed:
+        stack_env(tmp_path, env_file(tmp_path, REDIS_PASSWORD=""))
+    assert "REDIS_PASSWORD is empty" in failed.value.stderr
+    precious = tmp_path / "precious"
+    precious.mkdir()
+    (precious / "keep.txt").write_text("mine")
+    done = subprocess.run(
+        ["bash", str(STACK_SH), "down", "--dir", str(precious)], capture_output=True, text=True
+    )
+    assert done.returncode == 1 and "is not a stack folder" in done.stderr
+    assert (precious / "keep.txt").read_text() == "mine"
