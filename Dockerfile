@@ -43,6 +43,8 @@ RUN python -m venv "$VIRTUAL_ENV" \
 COPY pyproject.toml README.md ./
 COPY pipeline ./pipeline
 COPY search_api ./search_api
+COPY lookalike_cli ./lookalike_cli
+COPY lookalike_airflow ./lookalike_airflow
 COPY mappings ./mappings
 COPY dags /opt/airflow/dags
 RUN pip install --no-deps --no-build-isolation . \

@@ -42,42 +42,19 @@ With a cluster store the URL and credentials come from the Airflow connection
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, BaseHook, Param, dag, task
-from airflow.sdk.exceptions import (
-    AirflowFailException,
-    AirflowNotFoundException,
-    AirflowSkipException,
-)
+from airflow.sdk import Param, dag, task
+from airflow.sdk.configuration import conf
+from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from pipeline.settings import Settings, get_settings
+from lookalike_airflow import INDEX, SETTINGS, pulled, run_settings
+from pipeline import ingest
+from pipeline.discover import SourceError
 
 log = logging.getLogger(__name__)
-
-SETTINGS = get_settings()
-INDEX = Asset(name="lookalike_index", uri=SETTINGS.index_asset_uri)
-
-
-def _connection(conn_id: str) -> Any | None:
-    """The Airflow connection for a cluster store, or ``None`` to use the settings."""
-    try:
-        return BaseHook.get_connection(conn_id)
-    except AirflowNotFoundException:
-        return None
-
-
-def _settings(params: Mapping[str, Any]) -> Settings:
-    return Settings.for_run({"store": params["store"]}, _connection)
-
-
-def _pulled(results: Sequence[Any] | None) -> list[Any]:
-    """The mapped batches' results that exist (none when nothing was mapped), indexed rather
-    than iterated: iterating asks for one past the last and logs the miss as an error."""
-    return [results[i] for i in range(len(results))] if results else []
 
 
 @dag(
@@ -126,11 +103,10 @@ def lookalike_ingest() -> None:
     @task
     def discover(params: dict[str, Any], run_id: str) -> dict[str, Any]:
         """Scan the folder and compare it with the index: what to embed, what to delete."""
-        from pipeline.discover import SourceError
-        from pipeline.ingest import plan_run
-
         try:
-            plan = plan_run(params["source"], params["manifest"], _settings(params), run_id=run_id)
+            plan = ingest.plan_run(
+                params["source"], params["manifest"], run_settings(params), run_id=run_id
+            )
         except SourceError as exc:  # retrying would not change it: fail now, say why
             log.error("%s", exc)
             raise AirflowFailException(str(exc)) from None
@@ -147,58 +123,46 @@ def lookalike_ingest() -> None:
     @task
     def plan_batches(plan: dict[str, Any], params: dict[str, Any]) -> list[list[dict[str, Any]]]:
         """One batch per mapped task, never more batches than Airflow maps."""
-        from airflow.sdk.configuration import conf
-
-        from pipeline.ingest import plan_batches
-
         limit = conf.getint("core", "max_map_length", fallback=1024)
-        return plan_batches(plan["todo"], params["batch_size"], max_batches=limit)
+        return ingest.plan_batches(plan["todo"], params["batch_size"], max_batches=limit)
 
     @task(pool=SETTINGS.airflow_pool)
     def embed_batch(
         batch: list[dict[str, Any]], plan: dict[str, Any], params: dict[str, Any], ti: Any
     ) -> dict[str, Any]:
         """Read, embed, label and write one batch (idempotent: upserts by id)."""
-        from pipeline.ingest import AssetRef, run_batch
-
-        refs = [AssetRef.model_validate(ref) for ref in batch]
-        result = run_batch(refs, plan["model"], _settings(params))
+        refs = [ingest.AssetRef.model_validate(ref) for ref in batch]
+        result = ingest.run_batch(refs, plan["model"], run_settings(params))
         return {"batch": ti.map_index, **result.model_dump(mode="json")}
 
     # Once every batch is done, landed or not; skipped (and not needed) when none was mapped.
     @task(trigger_rule="all_done_min_one_success")
     def all_landed(batches: list[list[dict[str, Any]]], results: Any) -> None:
         """Fail the run (no retry) unless every batch landed; the log says which did."""
-        from pipeline.ingest import AssetRef, BatchResult, IncompleteRun, landed_results
-
         try:
-            landed_results(
-                [[AssetRef.model_validate(ref) for ref in batch] for batch in batches],
-                {r["batch"]: BatchResult.model_validate(r) for r in _pulled(results)},
+            ingest.landed_results(
+                [[ingest.AssetRef.model_validate(ref) for ref in batch] for batch in batches],
+                {r["batch"]: ingest.BatchResult.model_validate(r) for r in pulled(results)},
             )
-        except IncompleteRun as exc:
+        except ingest.IncompleteRun as exc:
             log.error("%s", exc)
             raise AirflowFailException(str(exc).splitlines()[0]) from None
 
     @task(trigger_rule="none_failed")  # also when there was nothing to embed
     def remove_deleted(plan: dict[str, Any], params: dict[str, Any]) -> int:
         """Remove the documents of files that are gone."""
-        from pipeline.ingest import RunPlan, remove_deleted
-
-        return remove_deleted(RunPlan.model_validate(plan), _settings(params))
+        return ingest.remove_deleted(ingest.RunPlan.model_validate(plan), run_settings(params))
 
     @task(trigger_rule="none_failed")
     def summary(
         plan: dict[str, Any], results: Any, deleted: int, params: dict[str, Any]
     ) -> dict[str, Any]:
         """Close the run: compact the index, record the summary in the store, return it."""
-        from pipeline.ingest import BatchResult, RunPlan, finish_run
-
-        run = finish_run(
-            RunPlan.model_validate(plan),
-            [BatchResult.model_validate(r) for r in _pulled(results)],
+        run = ingest.finish_run(
+            ingest.RunPlan.model_validate(plan),
+            [ingest.BatchResult.model_validate(r) for r in pulled(results)],
             deleted,
-            _settings(params),
+            run_settings(params),
         )
         log.info(
             "%s: new %d, updated %d, unchanged %d, deleted %d, quarantined %d (+%d earlier) "

@@ -34,33 +34,24 @@ from datetime import timedelta
 from typing import Any
 
 import pendulum
-from airflow.sdk import Asset, BaseHook, Param, dag, task
-from airflow.sdk.exceptions import AirflowFailException, AirflowNotFoundException
+from airflow.sdk import Param, dag, task
+from airflow.sdk.configuration import conf
+from airflow.sdk.exceptions import AirflowFailException
 
+from lookalike_airflow import INDEX, SETTINGS, pulled, run_settings
+from pipeline import ingest, rollout
 from pipeline.backbones import REGISTRY
-from pipeline.settings import Settings, get_settings
+from pipeline.settings import Settings
 
 log = logging.getLogger(__name__)
 
-SETTINGS = get_settings()
-INDEX = Asset(name="lookalike_index", uri=SETTINGS.index_asset_uri)
-
-
-def _connection(conn_id: str) -> Any | None:
-    """The Airflow connection for a cluster store, or ``None`` to use the settings."""
-    try:
-        return BaseHook.get_connection(conn_id)
-    except AirflowNotFoundException:
-        return None
-
 
 def _settings(params: Mapping[str, Any]) -> Settings:
-    overrides = {
-        "store": params["store"],
-        "rollout_min_match_rate": params["min_match_rate"],
-        "rollout_tolerance": params["tolerance"],
-    }
-    return Settings.for_run(overrides, _connection)
+    return run_settings(
+        params,
+        rollout_min_match_rate=params["min_match_rate"],
+        rollout_tolerance=params["tolerance"],
+    )
 
 
 @dag(
@@ -133,11 +124,9 @@ def lookalike_rollout() -> None:
     @task(outlets=[INDEX])
     def rollback(params: dict[str, Any], outlet_events: Any) -> dict[str, Any]:
         """Point the alias back at the version the last switch replaced."""
-        from pipeline.rollout import RolloutError, rollback
-
         try:
-            switch = rollback(_settings(params))
-        except RolloutError as exc:
+            switch = rollout.rollback(_settings(params))
+        except rollout.RolloutError as exc:
             raise AirflowFailException(str(exc)) from exc
         log.info("alias: %s -> %s", switch.previous, switch.active)
         outlet_events[INDEX].extra = switch.model_dump()
@@ -146,11 +135,9 @@ def lookalike_rollout() -> None:
     @task
     def plan_backfill(params: dict[str, Any], run_id: str) -> dict[str, Any]:
         """Create the new index and list the assets it lacks (a re-run resumes)."""
-        from pipeline.rollout import RolloutError, plan_backfill
-
         try:
-            plan = plan_backfill(params["model"], _settings(params), run_id=run_id)
-        except RolloutError as exc:
+            plan = rollout.plan_backfill(params["model"], _settings(params), run_id=run_id)
+        except rollout.RolloutError as exc:
             raise AirflowFailException(str(exc)) from exc
         log.info(
             "%s -> %s: %d to embed, %d already there, %d stale removed",
@@ -165,21 +152,16 @@ def lookalike_rollout() -> None:
     @task
     def plan_batches(plan: dict[str, Any], params: dict[str, Any]) -> list[list[str]]:
         """One batch of asset ids per mapped task, never more batches than Airflow maps."""
-        from airflow.sdk.configuration import conf
-
-        from pipeline.ingest import plan_batches
-
         limit = conf.getint("core", "max_map_length", fallback=1024)
-        return plan_batches(plan["todo"], params["batch_size"], max_batches=limit)
+        return ingest.plan_batches(plan["todo"], params["batch_size"], max_batches=limit)
 
     @task(pool=SETTINGS.airflow_pool)
     def backfill_batch(
         batch: list[str], plan: dict[str, Any], params: dict[str, Any]
     ) -> dict[str, Any]:
         """Re-read, embed, label and write one batch into the new index (idempotent)."""
-        from pipeline.rollout import RolloutPlan, backfill_batch
-
-        result = backfill_batch(RolloutPlan.model_validate(plan), batch, _settings(params))
+        plan_ = rollout.RolloutPlan.model_validate(plan)
+        result = rollout.backfill_batch(plan_, batch, _settings(params))
         return result.model_dump(mode="json")
 
     # Runs after zero backfill batches too (nothing left to embed), but not after a rollback.
@@ -189,15 +171,13 @@ def lookalike_rollout() -> None:
     ) -> dict[str, Any]:
         """Same documents in both indexes, then the quality gate; failing either fails the
         run (no retry) and leaves the alias where it is."""
-        from pipeline.rollout import BackfillResult, RolloutError, RolloutPlan, validate
-
         try:
-            validation = validate(
-                RolloutPlan.model_validate(plan),
-                [BackfillResult.model_validate(r) for r in results or []],
+            validation = rollout.validate(
+                rollout.RolloutPlan.model_validate(plan),
+                [rollout.BackfillResult.model_validate(r) for r in pulled(results)],
                 _settings(params),
             )
-        except RolloutError as exc:
+        except rollout.RolloutError as exc:
             raise AirflowFailException(str(exc)) from exc
         log.info("%d documents; %s", validation.documents, validation.gate.describe())
         return validation.model_dump(mode="json")
@@ -211,15 +191,13 @@ def lookalike_rollout() -> None:
         outlet_events: Any,
     ) -> dict[str, Any]:
         """Move the alias to the new index in one atomic step."""
-        from pipeline.rollout import BackfillResult, RolloutError, RolloutPlan, activate
-
         try:
-            switch = activate(
-                RolloutPlan.model_validate(plan),
-                [BackfillResult.model_validate(r) for r in results or []],
+            switch = rollout.activate(
+                rollout.RolloutPlan.model_validate(plan),
+                [rollout.BackfillResult.model_validate(r) for r in pulled(results)],
                 _settings(params),
             )
-        except RolloutError as exc:
+        except rollout.RolloutError as exc:
             raise AirflowFailException(str(exc)) from exc
         log.info("alias: %s -> %s", switch.previous, switch.active)
         outlet_events[INDEX].extra = {**switch.model_dump(), "gate": validation["gate"]}

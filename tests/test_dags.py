@@ -8,7 +8,6 @@ configuration once, when it is first imported, so the ``airflow_env`` fixture se
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -208,13 +207,10 @@ def test_the_opensearch_connection_configures_a_cluster_store(
     """The DAGs read the OpenSearch provider's ``opensearch_default`` connection (here from an
     ``AIRFLOW_CONN_*`` variable, one of Airflow's secrets backends) into the cluster settings;
     without it, the ``LOOKALIKE_CLUSTER_*`` settings apply."""
-    spec = importlib.util.spec_from_file_location(
-        "lookalike_ingest_dag", DAGS / "lookalike_ingest.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    import lookalike_airflow as module  # Airflow configured by airflow_env first
+
     monkeypatch.setenv("LOOKALIKE_CLUSTER_URLS", "https://fallback.example:9200")
-    fallback = module._settings({"store": "opensearch"})
+    fallback = module.run_settings({"store": "opensearch"})
     assert fallback.cluster_urls == ["https://fallback.example:9200"]
     connection = {
         "conn_type": "opensearch",
@@ -225,13 +221,13 @@ def test_the_opensearch_connection_configures_a_cluster_store(
         "extra": {"use_ssl": True, "verify_certs": False, "timeout": 12},
     }
     monkeypatch.setenv("AIRFLOW_CONN_OPENSEARCH_DEFAULT", json.dumps(connection))
-    settings = module._settings({"store": "opensearch"})
+    settings = module.run_settings({"store": "opensearch"})
     assert settings.store == "opensearch"
     assert settings.cluster_urls == ["https://search.example.org:9201"]
     assert settings.cluster_user == "lookalike"
     assert settings.cluster_password.get_secret_value() == "s3cret"
     assert settings.cluster_verify_certs is False and settings.cluster_timeout_s == 12
-    assert module._settings({"store": "embedded"}).cluster_urls == fallback.cluster_urls
+    assert module.run_settings({"store": "embedded"}).cluster_urls == fallback.cluster_urls
 
 
 # -- the ingest DAG ----------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import re
 import shlex
 import shutil
 import subprocess
+import tomllib
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -212,9 +213,15 @@ def test_dockerfile_installs_the_project_like_setup_sh() -> None:
     assert re.search(r"^USER lookalike$", dockerfile, re.M), "services do not run as root"
     ignored = set((REPO / ".dockerignore").read_text().split())
     assert {".git", ".venv", ".env"} <= ignored
+    copied = set()
     for source in re.findall(r"^COPY (.+) \S+$", dockerfile, re.M):
         for path in source.split():
             assert (REPO / path).exists() and path not in ignored, path
+            copied.add(path)
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = project["tool"]["setuptools"]["packages"]["find"]["include"]
+    missing = {p.rstrip("*") for p in packages} - copied
+    assert not missing, f"the image would install without {missing}"
 
 
 @pytest.mark.skipif(

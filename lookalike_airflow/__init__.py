@@ -1,0 +1,37 @@
+"""What both Lookalike DAGs (``dags/``) share: the settings they were parsed with, the index
+Asset they update, and how a task builds the settings of its run (the OpenSearch provider's
+Airflow connection for a cluster store). An installed package beside the CLI: the apps' layer,
+the only one that imports Airflow."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from airflow.sdk import Asset, BaseHook
+from airflow.sdk.exceptions import AirflowNotFoundException
+
+from pipeline.settings import Settings, get_settings
+
+SETTINGS = get_settings()
+INDEX = Asset(name="lookalike_index", uri=SETTINGS.index_asset_uri)
+
+
+def connection(conn_id: str) -> Any | None:
+    """The Airflow connection for a cluster store, or ``None`` to use the settings."""
+    try:
+        return BaseHook.get_connection(conn_id)
+    except AirflowNotFoundException:
+        return None
+
+
+def run_settings(params: Mapping[str, Any], **overrides: Any) -> Settings:
+    """The settings of one task: the processes' ``LOOKALIKE_*`` variables, the run's ``store``
+    param and ``overrides``, and the cluster connection."""
+    return Settings.for_run({"store": params["store"], **overrides}, connection)
+
+
+def pulled(results: Sequence[Any] | None) -> list[Any]:
+    """The mapped tasks' results that exist (none when nothing was mapped), indexed rather
+    than iterated: iterating asks for one past the last and logs the miss as an error."""
+    return [results[i] for i in range(len(results))] if results else []
