@@ -42,7 +42,6 @@ With a cluster store the URL and credentials come from the Airflow connection
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 
 import pendulum
@@ -50,7 +49,7 @@ from airflow.sdk import Param, dag, task
 from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
-from lookalike_airflow import INDEX, SETTINGS, pulled, run_settings
+from lookalike_airflow import INDEX, SETTINGS, common_params, default_args, pulled, run_settings
 from pipeline import ingest
 from pipeline.discover import SourceError
 
@@ -64,13 +63,7 @@ log = logging.getLogger(__name__)
     catchup=False,
     max_active_runs=1,  # two runs over one folder would plan the same work twice
     max_active_tasks=SETTINGS.airflow_max_active_tasks,
-    default_args={
-        "owner": "lookalike",
-        "retries": 3,
-        "retry_delay": timedelta(seconds=SETTINGS.airflow_retry_delay_s),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=30),
-    },
+    default_args=default_args(retries=3),
     params={
         "source": Param(
             str(SETTINGS.ingest_source or SETTINGS.samples_dir),
@@ -83,18 +76,7 @@ log = logging.getLogger(__name__)
             type=["null", "string"],
             description="CSV/Parquet manifest: path, title, description, keywords, metadata.",
         ),
-        "batch_size": Param(
-            SETTINGS.airflow_batch_size,
-            type="integer",
-            minimum=1,
-            description="Images per mapped task.",
-        ),
-        "store": Param(
-            SETTINGS.store,
-            type="string",
-            enum=["embedded", "opensearch", "elasticsearch"],
-            description="Where the index lives.",
-        ),
+        **common_params(),
     },
     tags=["lookalike", "ingest"],
     doc_md=__doc__,

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from datetime import timedelta
 from typing import Any
 
 import pendulum
@@ -38,7 +37,7 @@ from airflow.sdk import Param, dag, task
 from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowFailException
 
-from lookalike_airflow import INDEX, SETTINGS, pulled, run_settings
+from lookalike_airflow import INDEX, SETTINGS, common_params, default_args, pulled, run_settings
 from pipeline import ingest, rollout
 from pipeline.backbones import REGISTRY
 from pipeline.settings import Settings
@@ -61,13 +60,7 @@ def _settings(params: Mapping[str, Any]) -> Settings:
     catchup=False,
     max_active_runs=1,
     max_active_tasks=SETTINGS.airflow_max_active_tasks,
-    default_args={
-        "owner": "lookalike",
-        "retries": 2,
-        "retry_delay": timedelta(seconds=SETTINGS.airflow_retry_delay_s),
-        "retry_exponential_backoff": True,
-        "max_retry_delay": timedelta(minutes=30),
-    },
+    default_args=default_args(retries=2),
     params={
         "model": Param(
             None,
@@ -80,18 +73,7 @@ def _settings(params: Mapping[str, Any]) -> Settings:
             type="boolean",
             description="Instead of rolling out: switch back to the previous version.",
         ),
-        "batch_size": Param(
-            SETTINGS.airflow_batch_size,
-            type="integer",
-            minimum=1,
-            description="Images per mapped task.",
-        ),
-        "store": Param(
-            SETTINGS.store,
-            type="string",
-            enum=["embedded", "opensearch", "elasticsearch"],
-            description="Where the indexes live.",
-        ),
+        **common_params(),
         "min_match_rate": Param(
             SETTINGS.rollout_min_match_rate,
             type="number",

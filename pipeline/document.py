@@ -89,6 +89,10 @@ class StoredState(BaseModel):
     quarantined: bool = False
 
 
+STATE_FIELDS = ["id", *(name for name in StoredState.model_fields if name != "quarantined")]
+"""The stored fields ``StoredState`` is read from."""
+
+
 def compute_fingerprint(sha256: str, fields: dict[str, Any]) -> str:
     """Content hash plus the indexed metadata, so a manifest edit also triggers a re-index."""
     payload = json.dumps({"sha256": sha256, **fields}, sort_keys=True, default=str)

@@ -34,6 +34,7 @@ from pipeline.document import (
     ASSET_FIELDS,
     QUARANTINE_FIELDS,
     RUN_FIELDS,
+    STATE_FIELDS,
     AliasSwitch,
     AssetDocument,
     FieldSpec,
@@ -70,7 +71,6 @@ UNANSWERED = 503
 """The status given to bulk items whose request got no answer (the node went away)."""
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 """Bulk item statuses worth retrying: rejected (queue full) or a shard/node briefly away."""
-STATE_FIELDS = ["id", "uri", "sha256", "fingerprint", "size_bytes", "mtime_ns"]
 
 
 def client_options(settings: Settings, *, auth_key: str, timeout_key: str) -> dict[str, Any]:

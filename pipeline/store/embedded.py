@@ -45,6 +45,7 @@ from pipeline.document import (
     ASSET_FIELDS,
     QUARANTINE_FIELDS,
     RUN_FIELDS,
+    STATE_FIELDS,
     AliasSwitch,
     AssetDocument,
     FieldSpec,
@@ -89,7 +90,6 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 FIELDS = fields_for(ASSET_FIELDS, "embedded")
 DOCUMENT_COLUMNS = [f.name for f in FIELDS if f.stored and f.kind != "vector"]
 """What a document is read from, without its (large) embedding."""
-STATE_COLUMNS = ["id", "uri", "sha256", "fingerprint", "size_bytes", "mtime_ns"]
 
 
 def arrow_schema(fields: Sequence[FieldSpec], dim: int | None = None) -> pa.Schema:
@@ -374,7 +374,7 @@ class EmbeddedIndex(DocumentIndex):
     def states(self) -> dict[str, StoredState]:
         if self.table is None:
             return {}
-        rows = self.table.search().select(STATE_COLUMNS).limit(None).to_arrow().to_pylist()
+        rows = self.table.search().select(STATE_FIELDS).limit(None).to_arrow().to_pylist()
         return {row["id"]: StoredState(**row) for row in rows}
 
     @reported
