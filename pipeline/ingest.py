@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 from pydantic import BaseModel, Field
@@ -206,12 +206,7 @@ def embed(items: list[Loaded], embedder: Embedder, labeler: Labeler, settings: S
     )
     docs = [
         AssetDocument(
-            id=item.asset.id,
-            uri=item.asset.uri,
-            sha256=item.file.sha256,
-            fingerprint=item.fingerprint,
-            size_bytes=item.asset.size_bytes,
-            mtime_ns=item.asset.mtime_ns,
+            **_file_fields(item),
             width=item.file.width,
             height=item.file.height,
             format=item.file.format,
@@ -229,16 +224,20 @@ def embed(items: list[Loaded], embedder: Embedder, labeler: Labeler, settings: S
     return Mapped(items, docs, failed)
 
 
+def _file_fields(item: Loaded) -> dict[str, Any]:
+    """What a document and a quarantine record both say about the file."""
+    return {
+        "id": item.asset.id,
+        "uri": item.asset.uri,
+        "sha256": item.file.sha256,
+        "fingerprint": item.fingerprint,
+        "size_bytes": item.asset.size_bytes,
+        "mtime_ns": item.asset.mtime_ns,
+    }
+
+
 def _record(item: Loaded, reason: str) -> QuarantineRecord:
-    return QuarantineRecord(
-        id=item.asset.id,
-        uri=item.asset.uri,
-        sha256=item.file.sha256,
-        fingerprint=item.fingerprint,
-        size_bytes=item.asset.size_bytes,
-        mtime_ns=item.asset.mtime_ns,
-        reason=reason,
-    )
+    return QuarantineRecord(**_file_fields(item), reason=reason)
 
 
 # -- writer ------------------------------------------------------------------------------------
