@@ -330,6 +330,20 @@ def _warm_worker() -> None:
     Image.init()
 
 
+def _allow_children() -> None:
+    """Let this process start the decode workers even when it is daemonic.
+
+    Airflow's Celery workers run each task in a fork of a prefork pool process, which is
+    daemonic, and multiprocessing refuses to start children from a daemonic process
+    ("daemonic processes are not allowed to have children"). The rule guards against orphans,
+    which the decode workers cannot become: this process stops them when its batches end, and
+    each one exits when the pipe to this process closes, as it does when this process dies.
+    """
+    process = multiprocessing.current_process()
+    if process.daemon:
+        process._config["daemon"] = False  # the public setter refuses a process once started
+
+
 class DecodePool:
     """Worker processes running :func:`prepare_file`, each file with a time limit.
 
@@ -342,6 +356,7 @@ class DecodePool:
 
     def __init__(self, workers: int, timeout_s: float) -> None:
         self.timeout_s = timeout_s
+        _allow_children()
         self._pool = ProcessPool(
             max_workers=workers,
             context=multiprocessing.get_context("spawn"),

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import io
+import multiprocessing
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.decode import DecodeError, decode_image
+from pipeline.backbones import DEFAULT_MODEL, get_spec
+from pipeline.decode import DecodeError, DecodePool, decode_image
 
 LIMIT = 50_000_000
 
@@ -96,3 +99,34 @@ def test_decompression_bomb_is_refused_before_decoding() -> None:
     data = encode(Image.new("L", (3000, 3000)), "PNG")
     with pytest.raises(DecodeError, match="decompression bomb"):
         decode_image(data, max_pixels=1_000_000)
+
+
+def _decode_in_pool(path: Path, answers: multiprocessing.Queue) -> None:
+    """Run in a daemonic process: decode ``path`` through a DecodePool, send back the shape
+    (or what was raised)."""
+    try:
+        with DecodePool(workers=1, timeout_s=60) as pool:
+            spec = get_spec(DEFAULT_MODEL)
+            future = pool.submit(path, max_bytes=LIMIT, max_pixels=LIMIT, spec=spec)
+            prepared = pool.result(future, path, LIMIT)
+    except Exception as exc:  # noqa: BLE001 - reported to the test, which fails with it
+        answers.put((repr(exc), None))
+        return
+    answers.put((prepared.error, None if prepared.pixels is None else prepared.pixels.shape))
+
+
+def test_the_decode_pool_starts_in_a_daemonic_process(tmp_path: Path) -> None:
+    """Airflow's Celery workers run tasks in forks of daemonic pool processes, where plain
+    multiprocessing refuses to start children: every embedding task failed on the stack."""
+    path = tmp_path / "a.png"
+    path.write_bytes(encode(Image.new("RGB", (40, 30), (9, 90, 200)), "PNG"))
+    context = multiprocessing.get_context("spawn")
+    answers = context.Queue()
+    daemon = context.Process(target=_decode_in_pool, args=(path, answers), daemon=True)
+    daemon.start()
+    try:
+        error, shape = answers.get(timeout=120)
+    finally:
+        daemon.join(timeout=30)
+    assert error is None
+    assert shape == (224, 224, 3)
