@@ -36,6 +36,7 @@
 #                                    (created if missing; OpenSearch refuses to run as root)
 #   JAVA_HOME                        a Java >= 21 (else /usr/lib/jvm/temurin-25-jdk-amd64, ...)
 set -euo pipefail
+shopt -s inherit_errexit  # a failing step inside $(...) stops the script too
 
 OS_VERSION="${LOOKALIKE_OPENSEARCH_VERSION:-3.5.0}"
 ES_VERSION="${LOOKALIKE_ELASTICSEARCH_VERSION:-8.19.21}"
@@ -109,14 +110,28 @@ free_port() {
 }
 
 # -- the distribution, assembled once ---------------------------------------------------------------
-fetch() {  # fetch G:A:V:zip into $CACHE/downloads with Maven (checksums verified); print the path
-  local coords="$1" file="$CACHE/downloads/$2"
+# SHA-256 of the pinned versions' zips. The registry does not always serve Maven Central's own
+# checksum files (the 3.5.0 integ-test zip's .sha1 answered 404 on 2026-12-02), so these pins are
+# the check; a version without a pin (set by the environment) needs Maven's checksums instead.
+declare -A PINNED=(
+  [opensearch-3.5.0.zip]=b676ad392c95a94d8d2bd8785b8b922c7811536daf6a9ec0c7277a34bd8a17a9
+  [opensearch-knn-3.5.0.0.zip]=99fdf3ac9ef95974e276298b83a58532bf21ba13bd5fd96a4b59465b7e613309
+  [elasticsearch-8.19.21.zip]=215d5f3dbf0609a149f6218a9e47b6ae2df34ebbff3c5754e35f15a5e5393c8a
+)
+
+fetch() {  # fetch G:A:V:zip into $CACHE/downloads with Maven, check its hash; print the path
+  local coords="$1" file="$CACHE/downloads/$2" pin="${PINNED[$2]:-}" policy=-C
+  [ -n "$pin" ] && policy=-c  # the pin is checked below, whether Maven has checksums or not
   if [ ! -s "$file" ]; then
     command -v mvn >/dev/null || die "Maven is needed to fetch $coords (apt-get install maven)"
     log "fetching $coords from Maven Central"
     mkdir -p "$CACHE/downloads"
-    mvn -B -q -C dependency:copy -Dartifact="$coords" -DoutputDirectory="$CACHE/downloads" \
+    mvn -B -q "$policy" dependency:copy -Dartifact="$coords" -DoutputDirectory="$CACHE/downloads" \
       -Dmdep.overWriteReleases=true >&2 || die "Maven could not fetch $coords"
+  fi
+  if [ -n "$pin" ] && ! echo "$pin  $file" | sha256sum --check --quiet --status; then
+    rm -f "$file"
+    die "$coords does not have the pinned SHA-256 $pin (removed; run again to fetch it anew)"
   fi
   echo "$file"
 }
