@@ -331,17 +331,25 @@ def _warm_worker() -> None:
 
 
 def _allow_children() -> None:
-    """Let this process start the decode workers even when it is daemonic.
+    """Let this process start the decode workers when it runs inside Airflow's Celery worker.
 
-    Airflow's Celery workers run each task in a fork of a prefork pool process, which is
-    daemonic, and multiprocessing refuses to start children from a daemonic process
-    ("daemonic processes are not allowed to have children"). The rule guards against orphans,
-    which the decode workers cannot become: this process stops them when its batches end, and
-    each one exits when the pipe to this process closes, as it does when this process dies.
+    Celery runs each task in a fork of a billiard pool process, and two things there stop
+    multiprocessing from spawning children. The process is daemonic, and multiprocessing
+    refuses to start children from a daemonic process ("daemonic processes are not allowed to
+    have children"): the rule guards against orphans, which the decode workers cannot become
+    (this process stops them when its batches end, and each one exits when the pipe to this
+    process closes, as it does when this process dies). And billiard installs its own process
+    object as multiprocessing's current process, whose authentication key is billiard's type:
+    spawning pickles the key for the child, and only multiprocessing's own type may be
+    pickled then ("Pickling an AuthenticationString object is disallowed").
     """
     process = multiprocessing.current_process()
+    config = process._config  # the public setters refuse a process once started
     if process.daemon:
-        process._config["daemon"] = False  # the public setter refuses a process once started
+        config["daemon"] = False
+    authkey = config.get("authkey")
+    if authkey is not None and type(authkey) is not multiprocessing.process.AuthenticationString:
+        config["authkey"] = multiprocessing.process.AuthenticationString(bytes(authkey))
 
 
 class DecodePool:

@@ -6,6 +6,7 @@ import io
 import multiprocessing
 from pathlib import Path
 
+import billiard
 import numpy as np
 import pytest
 from PIL import Image
@@ -109,18 +110,24 @@ def _decode_in_pool(path: Path, answers: multiprocessing.Queue) -> None:
             spec = get_spec(DEFAULT_MODEL)
             future = pool.submit(path, max_bytes=LIMIT, max_pixels=LIMIT, spec=spec)
             prepared = pool.result(future, path, LIMIT)
-    except Exception as exc:  # noqa: BLE001 - reported to the test, which fails with it
+    except Exception as exc:
         answers.put((repr(exc), None))
         return
     answers.put((prepared.error, None if prepared.pixels is None else prepared.pixels.shape))
 
 
-def test_the_decode_pool_starts_in_a_daemonic_process(tmp_path: Path) -> None:
-    """Airflow's Celery workers run tasks in forks of daemonic pool processes, where plain
-    multiprocessing refuses to start children: every embedding task failed on the stack."""
+@pytest.mark.parametrize("starter", ["multiprocessing", "billiard"])
+def test_the_decode_pool_starts_in_a_daemonic_process(tmp_path: Path, starter: str) -> None:
+    """Airflow's Celery workers run tasks in forks of daemonic billiard pool processes, where
+    plain multiprocessing refuses to start children, and billiard's authentication key cannot
+    be pickled for a spawned child: every embedding task failed on the stack, for each reason
+    in turn. "billiard" starts the daemon as Celery's prefork pool does."""
     path = tmp_path / "a.png"
     path.write_bytes(encode(Image.new("RGB", (40, 30), (9, 90, 200)), "PNG"))
-    context = multiprocessing.get_context("spawn")
+    if starter == "billiard":
+        context = billiard.get_context("fork")
+    else:
+        context = multiprocessing.get_context("spawn")
     answers = context.Queue()
     daemon = context.Process(target=_decode_in_pool, args=(path, answers), daemon=True)
     daemon.start()
