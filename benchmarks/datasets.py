@@ -19,7 +19,14 @@ from typing import Any
 from PIL import Image
 
 from benchmarks.common import console, track
-from benchmarks.sources import Photo, SourceUnavailable, Stamp, photo_pool, tuxpaint_stamps
+from benchmarks.sources import (
+    PACKAGE_DIRS,
+    Photo,
+    SourceUnavailable,
+    Stamp,
+    photo_pool,
+    tuxpaint_stamps,
+)
 from benchmarks.transforms import DEFAULT_EDITS, EDITS, composite, fit, jitter, random_crop
 
 
@@ -86,6 +93,8 @@ def _cached(root: Path, digest: str) -> Manifest | None:
         return None
     if data.get("config_hash") != digest:
         return None
+    if any(PACKAGE_DIRS[name].is_dir() for name in data.get("skipped", {}) if name in PACKAGE_DIRS):
+        return None  # built before a package it skipped was installed: build it with it
     return Manifest(root, data["config"], data["items"], data.get("skipped", {}))
 
 

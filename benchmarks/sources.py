@@ -27,6 +27,12 @@ from PIL import Image
 OPENCV_DIR = Path("/usr/share/doc/opencv-doc/examples/data")
 WALLPAPER_DIR = Path("/usr/share/wallpapers")
 TUXPAINT_DIR = Path("/usr/share/tuxpaint/stamps")
+PACKAGE_DIRS = {
+    "opencv-doc": OPENCV_DIR,
+    "plasma-workspace-wallpapers": WALLPAPER_DIR,
+    "tuxpaint-stamps-default": TUXPAINT_DIR,
+}
+"""The Debian packages a set can be built from, and where each one's images are."""
 
 _SKIMAGE = [
     "astronaut",
