@@ -19,10 +19,12 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import importlib.machinery
 import io
 import multiprocessing
 import os
 import stat
+import sys
 import warnings
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -331,17 +333,24 @@ def _warm_worker() -> None:
 
 
 def _allow_children() -> None:
-    """Let this process start the decode workers when it runs inside Airflow's Celery worker.
+    """Let this process start the decode workers wherever it runs, Airflow's Celery worker
+    included, where three things stop multiprocessing from starting them.
 
-    Celery runs each task in a fork of a billiard pool process, and two things there stop
-    multiprocessing from spawning children. The process is daemonic, and multiprocessing
-    refuses to start children from a daemonic process ("daemonic processes are not allowed to
-    have children"): the rule guards against orphans, which the decode workers cannot become
-    (this process stops them when its batches end, and each one exits when the pipe to this
-    process closes, as it does when this process dies). And billiard installs its own process
-    object as multiprocessing's current process, whose authentication key is billiard's type:
-    spawning pickles the key for the child, and only multiprocessing's own type may be
-    pickled then ("Pickling an AuthenticationString object is disallowed").
+    * Celery runs each task in a fork of a billiard pool process, which is daemonic, and
+      multiprocessing refuses to start children from a daemonic process ("daemonic processes
+      are not allowed to have children"). The rule guards against orphans, which the decode
+      workers cannot become: this process stops them when its batches end, and each one exits
+      when the pipe to this process closes, as it does when this process dies.
+    * Billiard installs its own process object as multiprocessing's current process, whose
+      authentication key is billiard's type: starting a child pickles the key for it, and only
+      multiprocessing's own type may be pickled then ("Pickling an AuthenticationString object
+      is disallowed").
+    * A spawned child first runs the parent's main script again (as ``__mp_main__``) unless
+      the main module names itself; inside Celery that is the ``airflow`` command, which
+      fails in a task's environment (Airflow blanks the database URL there), and for the
+      ``lookalike`` command it costs every worker the whole CLI's imports. The workers need
+      nothing from it, so a main module without a name gets the name ``__main__``, which
+      multiprocessing skips.
     """
     process = multiprocessing.current_process()
     config = process._config  # the public setters refuse a process once started
@@ -350,6 +359,9 @@ def _allow_children() -> None:
     authkey = config.get("authkey")
     if authkey is not None and type(authkey) is not multiprocessing.process.AuthenticationString:
         config["authkey"] = multiprocessing.process.AuthenticationString(bytes(authkey))
+    main = sys.modules.get("__main__")
+    if main is not None and getattr(main, "__spec__", None) is None:
+        main.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
 
 
 class DecodePool:

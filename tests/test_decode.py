@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import subprocess
+import sys
 from pathlib import Path
 
 import billiard
@@ -137,3 +139,35 @@ def test_the_decode_pool_starts_in_a_daemonic_process(tmp_path: Path, starter: s
         daemon.join(timeout=30)
     assert error is None
     assert shape == (224, 224, 3)
+
+
+MAIN_SCRIPT = """
+import sys
+from pathlib import Path
+
+if __name__ != "__main__":  # run again as a worker's __mp_main__, as spawning does
+    raise SystemExit("the main script was run again in a decode worker")
+sys.path.insert(0, {repo!r})
+from pipeline.backbones import DEFAULT_MODEL, get_spec
+from pipeline.decode import DecodePool
+
+path = Path(sys.argv[1])
+with DecodePool(workers=1, timeout_s=60) as pool:
+    future = pool.submit(path, max_bytes=10**8, max_pixels=10**8, spec=get_spec(DEFAULT_MODEL))
+    prepared = pool.result(future, path, 10**8)
+print(prepared.error, prepared.pixels.shape)
+"""
+
+
+def test_decode_workers_never_run_the_callers_main_script(tmp_path: Path) -> None:
+    """Inside Airflow's Celery worker the main script is the ``airflow`` command: spawned
+    workers ran it again, and it failed in each of them before a file was decoded."""
+    path = tmp_path / "a.png"
+    path.write_bytes(encode(Image.new("RGB", (40, 30), (9, 90, 200)), "PNG"))
+    script = tmp_path / "main.py"
+    script.write_text(MAIN_SCRIPT.format(repo=str(Path(__file__).resolve().parents[1])))
+    done = subprocess.run(
+        [sys.executable, str(script), str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["None", "(224,", "224,", "3)"]
