@@ -158,6 +158,18 @@ def task_states(api: AirflowApi, dag_id: str, run_id: str) -> dict[str, list[str
     return found
 
 
+def why_failed(api: AirflowApi, dag_id: str, run_id: str) -> str:
+    """The task states and the end of the first failed task's log: what CI shows when a run
+    that should succeed fails (the stack's own logs go with it)."""
+    tasks = api.tasks(dag_id, run_id)
+    report = json.dumps(task_states(api, dag_id, run_id))
+    failed = next((t for t in tasks if t["state"] == "failed"), None)
+    if failed is not None:
+        log = api.log(dag_id, run_id, failed["task_id"], 1, failed["map_index"])
+        report += f"\nfirst failed task {failed['task_id']}[{failed['map_index']}]:\n{log[-4000:]}"
+    return report
+
+
 def edit(path: Path) -> None:
     """Change the picture in place (mirrored, re-encoded): new content, same file."""
     with Image.open(path) as image:
@@ -186,7 +198,7 @@ def test_ingest_indexes_every_image_once_with_labels_on_both_workers(
 ) -> None:
     api.unpause(INGEST)
     run_id = ingest(api, library, batch_size=6)
-    assert api.wait(INGEST, run_id) == "success", task_states(api, INGEST, run_id)
+    assert api.wait(INGEST, run_id) == "success", why_failed(api, INGEST, run_id)
 
     files = image_files(library)
     docs = documents(stack)
@@ -246,7 +258,7 @@ def test_changes_land_exactly_although_a_worker_is_killed_mid_batch(
         time.sleep(0.2)
     assert killed is not None, "no batch was seen running"
     killed_at = time.monotonic()
-    assert api.wait(INGEST, run_id) == "success", task_states(api, INGEST, run_id)
+    assert api.wait(INGEST, run_id) == "success", why_failed(api, INGEST, run_id)
     done_after = time.monotonic() - killed_at
     print(f"killed {killed[1]} in batch {killed[0]}: the run succeeded {done_after:.0f} s later")
 
@@ -298,13 +310,13 @@ def test_rollout_through_the_scheduler_switches_while_search_answers_then_rolls_
         searcher.wait_for(BASE)
         api.unpause(ROLLOUT)
         run_id = api.trigger(ROLLOUT, {"model": "mobilenet_v2-gem-imagenet", "batch_size": 20})
-        assert api.wait(ROLLOUT, run_id, timeout_s=800) == "success", task_states(
+        assert api.wait(ROLLOUT, run_id, timeout_s=800) == "success", why_failed(
             api, ROLLOUT, run_id
         )
         searcher.wait_for(GEM)
         switched = len(searcher.models)
         back = api.trigger(ROLLOUT, {"rollback": True})
-        assert api.wait(ROLLOUT, back) == "success", task_states(api, ROLLOUT, back)
+        assert api.wait(ROLLOUT, back) == "success", why_failed(api, ROLLOUT, back)
         searcher.wait_for(BASE)
     finally:
         searcher.stop.set()
@@ -395,7 +407,7 @@ def test_a_stopped_node_fails_the_run_after_retries_and_the_log_says_which_batch
             assert docs[uri]["labels"]
 
     again = ingest(api, library, batch_size=2)
-    assert api.wait(INGEST, again) == "success", task_states(api, INGEST, again)
+    assert api.wait(INGEST, again) == "success", why_failed(api, INGEST, again)
     summary = api.xcom(INGEST, again, "summary")
     assert summary["new"] == 0 and 2 * len(lost) >= summary["updated"] >= 1
     assert {uri: doc["sha256"] for uri, doc in documents(stack).items()} == files
