@@ -22,7 +22,7 @@ from rich.table import Table
 
 from pipeline.backbones import get_spec
 from pipeline.decode import DecodeError
-from pipeline.discover import ManifestError, SourceError
+from pipeline.discover import ManifestError, SourceError, uri_to_path
 from pipeline.document import AliasSwitch, IngestSummary, Label
 from pipeline.embed import get_embedder
 from pipeline.ingest import ingest as run_ingest
@@ -34,10 +34,13 @@ from pipeline.samples import build_samples
 from pipeline.search import (
     AssetNotFound,
     LabelFilter,
+    RegionMatch,
+    Searcher,
     SearchRequest,
     SearchResponse,
+    analyse_image,
     detect_labels,
-    image_vector,
+    parse_box,
     parse_metadata_filters,
 )
 from pipeline.settings import get_settings
@@ -147,13 +150,31 @@ def search(
     k: Annotated[int, typer.Option("-k", min=1, max=1000, help="Number of hits.")] = 10,
     min_score: Annotated[float | None, typer.Option(help="Drop hits scoring below this.")] = None,
     hybrid: Annotated[str, typer.Option(help="rrf or linear score fusion.")] = "rrf",
+    box: Annotated[
+        str | None,
+        typer.Option(
+            help="Search with this part of IMAGE (or of --id's image): X,Y,W,H as fractions "
+            "0..1 of its width and height, e.g. 0.5,0,0.5,0.5 for the top right quarter."
+        ),
+    ] = None,
+    regions: Annotated[
+        str,
+        typer.Option(
+            help="Region search: library (find the query inside bigger images), query (find "
+            "what appears in the query image), both, or off."
+        ),
+    ] = "off",
     as_json: JsonOpt = False,
 ) -> None:
     """Find images similar to IMAGE (or to --id), optionally narrowed by text and labels."""
     with _user_errors():
         if image is not None and asset_id is not None:
             raise ValueError("give a query IMAGE or --id, not both")
+        part = parse_box(box) if box is not None else None
+        if part is not None and image is None and asset_id is None:
+            raise ValueError("--box is a part of a query image: give IMAGE or --id")
         request = SearchRequest(
+            regions=regions,
             text=text,
             labels_all=[LabelFilter.parse(s) for s in label or []],
             labels_any=[LabelFilter.parse(s) for s in any_label or []],
@@ -165,13 +186,19 @@ def search(
         )
         with Library.open() as library:
             searcher = library.searcher()
-            if asset_id is not None:
+            if asset_id is not None and part is None:
                 response = searcher.similar(asset_id, request)
-            else:
-                if image is not None:  # only an image query needs the model (and TensorFlow)
-                    embedder = get_embedder(model_name(searcher.index.model_id))
-                    request.vector = image_vector(image.read_bytes(), embedder)
+            elif image is None and asset_id is None:
                 response = searcher.search(request)
+            else:  # only an image query needs the model (and TensorFlow)
+                if asset_id is not None:  # a part of an indexed asset: read its file
+                    data = _asset_file(searcher, asset_id).read_bytes()
+                    request.exclude_ids.append(asset_id)
+                else:
+                    data = image.read_bytes()
+                embedder = get_embedder(model_name(searcher.index.model_id))
+                query = analyse_image(data, embedder, box=part)
+                response = searcher.search_image(request, query)
     if as_json:
         out.print_json(data=_hits_json(response))
     else:
@@ -376,9 +403,11 @@ def _hits_json(response: SearchResponse) -> dict:
                 "title": h.document.title,
                 "labels": [lab.model_dump() for lab in h.document.labels],
                 "matched_labels": [lab.model_dump() for lab in h.matched_labels],
+                "region": h.region.model_dump() if h.region else None,
             }
             for h in response.hits
-        ]
+        ],
+        "note": response.note,
     }
 
 
@@ -390,7 +419,11 @@ def _specific(labels: list[Label], n: int = 3) -> list[Label]:
 
 
 def _print_hits(response: SearchResponse) -> None:
-    table = Table("#", "Score", "File", "Title", "Top labels", title=f"{len(response.hits)} hits")
+    if response.note:
+        console.print(f"[yellow]note:[/] {response.note}")
+    table = Table(
+        "#", "Score", "File", "Title", "Top labels", "Region", title=f"{len(response.hits)} hits"
+    )
     for rank, h in enumerate(response.hits, 1):
         top = ", ".join(f"{lab.name} {lab.confidence:.0f}" for lab in _specific(h.document.labels))
         table.add_row(
@@ -399,8 +432,31 @@ def _print_hits(response: SearchResponse) -> None:
             "/".join(h.document.uri.rsplit("/", 2)[-2:]),
             h.document.title or "",
             top,
+            _region_text(h.region),
         )
     out.print(table)
+
+
+def _region_text(region: RegionMatch | None) -> str:
+    """``in hit 0.25,0,0.5,0.5``: where the match was (of the hit's image, or the query's)."""
+    if region is None:
+        return ""
+    where = "in hit" if region.side == "library" else "in query"
+    return f"{where} {','.join(f'{v:.2f}' for v in region.box)}"
+
+
+def _asset_file(searcher: Searcher, asset_id: str) -> Path:
+    """The local file of an indexed asset (to search with a part of it)."""
+    doc = searcher.index.get([asset_id]).get(asset_id)
+    if doc is None:
+        raise AssetNotFound(f"no indexed asset with id {asset_id!r}")
+    path = uri_to_path(doc.uri)
+    if path is None or not path.is_file():
+        raise ValueError(
+            f"asset {asset_id}'s file {doc.uri} is not readable here: --box needs it to cut "
+            "the part out"
+        )
+    return path
 
 
 # -- lookalike index: templates, model-version indexes and the alias --------------------------

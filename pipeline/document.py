@@ -35,6 +35,16 @@ class Label(BaseModel):
         }
 
 
+class Region(BaseModel):
+    """A part of an asset's image and its embedding (``pipeline/regions.py``), so that an
+    object filling part of a photo is found from its own picture, and the other way round."""
+
+    box: tuple[float, float, float, float] = Field(
+        description="x, y, width, height: fractions 0..1 of the upright image."
+    )
+    embedding: list[float] = Field(description="L2-normalised, comparable with `embedding`.")
+
+
 class AssetDocument(BaseModel):
     """Everything the index knows about one media asset."""
 
@@ -58,6 +68,10 @@ class AssetDocument(BaseModel):
     labels: list[Label] = Field(default_factory=list)
     embedding: list[float] | None = Field(
         default=None, description="L2-normalised image embedding (omitted from API responses)."
+    )
+    regions: list[Region] = Field(
+        default_factory=list,
+        description="Region vectors with their boxes (read with the embedding only).",
     )
     model: str = Field(description="Backbone name from the model registry.")
     model_version: str
@@ -163,7 +177,17 @@ class AliasSwitch(BaseModel):
 # -- the field table --------------------------------------------------------------------------
 
 Kind = Literal[
-    "keyword", "keywords", "text", "integer", "long", "float", "date", "vector", "labels", "json"
+    "keyword",
+    "keywords",
+    "text",
+    "integer",
+    "long",
+    "float",
+    "date",
+    "vector",
+    "regions",
+    "labels",
+    "json",
 ]
 Backend = Literal["embedded", "cluster"]
 
@@ -224,6 +248,7 @@ ASSET_FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("metadata", "json", "Other manifest columns, as strings."),
     FieldSpec("labels", "labels", "Labels with confidences and parents."),
     FieldSpec("embedding", "vector", "L2-normalised image embedding."),
+    FieldSpec("regions", "regions", "Region boxes and vectors, a document's many vectors."),
     FieldSpec("model", "keyword", "Backbone name from the model registry.", filterable=True),
     FieldSpec("model_version", "keyword", "Backbone version.", filterable=True),
     FieldSpec("ingested_at", "date", "When the document was written.", filterable=True),

@@ -24,7 +24,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 from PIL import Image
 
+from pipeline import regions
 from pipeline.backbones import DEFAULT_MODEL, ModelSpec, get_spec
+from pipeline.document import Region
 from pipeline.settings import get_settings
 
 if TYPE_CHECKING:
@@ -64,6 +66,9 @@ class Prediction:
 
     embeddings: np.ndarray  # float32 (N, dim), unit L2 norm: cosine similarity is a dot product
     probabilities: np.ndarray  # float32 (N, num_classes), softmax over the ImageNet-1k classes
+    # float32 (N, regions, dim), unit L2 norm, region r at ``Embedder.region_boxes[r]``; None
+    # when the embedder makes no region vectors
+    regions: np.ndarray | None = None
 
 
 def preprocess(image: Image.Image, spec: ModelSpec) -> np.ndarray:
@@ -93,13 +98,27 @@ def preprocess(image: Image.Image, spec: ModelSpec) -> np.ndarray:
 
 class Embedder:
     """A loaded backbone with its preprocessing; build one with :meth:`load` or
-    :func:`get_embedder`."""
+    :func:`get_embedder`.
 
-    def __init__(self, spec: ModelSpec, model: keras.Model) -> None:
+    With ``region_levels`` > 0 (and a backbone that has a ``region_layer``) every prediction
+    also holds region vectors (:mod:`pipeline.regions`), pooled from the same forward pass.
+    """
+
+    def __init__(self, spec: ModelSpec, model: keras.Model, region_levels: int = 0) -> None:
+        import keras
         import tensorflow as tf
 
         self.spec = spec
-        self.model = model
+        self.model = model  # the registry's two-output contract
+        self._network = model  # what runs: the model, plus the feature map for regions
+        self._pooling: tf.Tensor | None = None
+        self.region_boxes = np.zeros((0, 4), np.float32)
+        if region_levels > 0 and spec.region_layer is not None:
+            feature_map = model.get_layer(spec.region_layer).input
+            size = int(feature_map.shape[1])
+            self._network = keras.Model(model.input, [*model.outputs, feature_map])
+            self._pooling = tf.constant(regions.pooling_matrix(size, region_levels))
+            self.region_boxes = regions.crop_boxes(size, region_levels)
         size = spec.image_size
         self._infer = tf.function(
             self._forward,
@@ -108,9 +127,14 @@ class Embedder:
         )
 
     @classmethod
-    def load(cls, spec: ModelSpec, model_dir: Path) -> Embedder:
+    def load(cls, spec: ModelSpec, model_dir: Path, region_levels: int = 0) -> Embedder:
         """The backbone from the ``.keras`` cache in ``model_dir``, converting it on first use."""
-        return cls(spec, _load_or_convert(spec, model_dir))
+        return cls(spec, _load_or_convert(spec, model_dir), region_levels)
+
+    @property
+    def regions(self) -> bool:
+        """Whether predictions hold region vectors."""
+        return self._pooling is not None
 
     @property
     def model_id(self) -> str:
@@ -120,6 +144,17 @@ class Embedder:
     def preprocess(self, image: Image.Image) -> np.ndarray:
         """The model input for one image (see :func:`preprocess`)."""
         return preprocess(image, self.spec)
+
+    def regions_of(self, vectors: np.ndarray | None, width: int, height: int) -> list[Region]:
+        """One image's region vectors (a row of ``Prediction.regions``) with their boxes on
+        the ``width x height`` image; none when the embedder makes no region vectors."""
+        if vectors is None:
+            return []
+        window = regions.crop_window(width, height, self.spec.resize_size, self.spec.image_size)
+        boxes = regions.to_image(self.region_boxes, window)
+        return [
+            Region(box=box, embedding=v.tolist()) for box, v in zip(boxes, vectors, strict=True)
+        ]
 
     def predict(self, batch: np.ndarray) -> Prediction:
         """Embeddings and class probabilities for a batch of preprocessed images.
@@ -134,15 +169,30 @@ class Embedder:
             return Prediction(
                 np.zeros((0, self.spec.dim), np.float32),
                 np.zeros((0, self.spec.num_classes), np.float32),
+                np.zeros((0, len(self.region_boxes), self.spec.dim), np.float32)
+                if self.regions
+                else None,
             )
-        embeddings, probabilities = self._infer(batch.astype(np.float32, copy=False))
-        return Prediction(embeddings.numpy(), probabilities.numpy())
+        outputs = self._infer(batch.astype(np.float32, copy=False))
+        return Prediction(*(output.numpy() for output in outputs))
 
-    def _forward(self, images: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+    def _forward(self, images: tf.Tensor) -> tuple[tf.Tensor, ...]:
         import tensorflow as tf
 
-        features, probabilities = self.model(images, training=False)
-        return tf.math.l2_normalize(features, axis=1), probabilities
+        if self._pooling is None:
+            features, probabilities = self._network(images, training=False)
+            return tf.math.l2_normalize(features, axis=1), probabilities
+        features, probabilities, maps = self._network(images, training=False)
+        cells = tf.reshape(maps, (tf.shape(maps)[0], -1, maps.shape[-1]))  # (N, h * w, C)
+        if self.spec.region_pooling == "rms":
+            pooled = tf.sqrt(tf.einsum("rp,npc->nrc", self._pooling, tf.square(cells)))
+        else:
+            pooled = tf.einsum("rp,npc->nrc", self._pooling, cells)
+        return (
+            tf.math.l2_normalize(features, axis=1),
+            probabilities,
+            tf.math.l2_normalize(pooled, axis=2),
+        )
 
 
 def model_path(spec: ModelSpec, model_dir: Path) -> Path:
@@ -200,9 +250,9 @@ def get_embedder(name: str | None = None) -> Embedder:
     settings = get_settings()
     _import_tensorflow_quietly()
     with _load_lock:
-        return _cached_embedder(name or settings.model, settings.model_dir)
+        return _cached_embedder(name or settings.model, settings.model_dir, settings.region_levels)
 
 
 @lru_cache(maxsize=4)
-def _cached_embedder(name: str, model_dir: Path) -> Embedder:
-    return Embedder.load(get_spec(name), model_dir)
+def _cached_embedder(name: str, model_dir: Path, region_levels: int) -> Embedder:
+    return Embedder.load(get_spec(name), model_dir, region_levels)

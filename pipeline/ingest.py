@@ -216,10 +216,17 @@ def embed(items: list[Loaded], embedder: Embedder, labeler: Labeler, settings: S
             metadata=dict(item.asset.metadata),
             labels=item_labels,
             embedding=vector.tolist(),
+            regions=embedder.regions_of(
+                None if prediction.regions is None else prediction.regions[n],
+                item.file.width,
+                item.file.height,
+            ),
             model=embedder.spec.name,
             model_version=embedder.spec.version,
         )
-        for item, vector, item_labels in zip(good, prediction.embeddings, labels, strict=True)
+        for n, (item, vector, item_labels) in enumerate(
+            zip(good, prediction.embeddings, labels, strict=True)
+        )
     ]
     return Mapped(items, docs, failed)
 

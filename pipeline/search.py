@@ -22,15 +22,16 @@ decoding and model as ingestion, for the CLI and the API.
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from pipeline import filters
+from pipeline import filters, regions
 from pipeline.decode import decode_image
 from pipeline.document import AssetDocument, Label
-from pipeline.embed import Embedder, Prediction
+from pipeline.embed import Embedder
 from pipeline.label import Labeler
 from pipeline.settings import Settings, get_settings
 from pipeline.store.base import DocumentIndex, Ranking, Scored
@@ -98,10 +99,46 @@ def parse_metadata_filters(specs: list[str]) -> dict[str, list[str]]:
     return metadata
 
 
+RegionMode = Literal["off", "library", "query", "both"]
+
+
+class QueryRegion(BaseModel):
+    """A part of the query image and its embedding."""
+
+    box: tuple[float, float, float, float] = Field(
+        description="x, y, width, height: fractions 0..1 of the query image."
+    )
+    vector: list[float]
+
+
+class RegionMatch(BaseModel):
+    """Which region made a hit: one of the hit's regions (``side`` "library": the query was
+    found inside the hit) or one of the query's (``side`` "query": the hit was found inside
+    the query image)."""
+
+    side: Literal["library", "query"]
+    box: tuple[float, float, float, float] = Field(
+        description="x, y, width, height: fractions 0..1 of the hit's image (library) or of "
+        "the query image (query)."
+    )
+
+
 class SearchRequest(BaseModel):
     """One search: a query vector and/or text, narrowed by label and metadata filters."""
 
     vector: list[float] | None = Field(None, description="Query embedding (L2-normalised).")
+    regions: RegionMode = Field(
+        "off",
+        description="Region search: also rank each asset by its best region against the query "
+        "(library: find the query inside bigger photos), the query's regions against each asset "
+        "(query: find what appears in the query image), both, or off (whole images only, the "
+        "default: docs/benchmarks.md shows where regions help and where they cost). A hit's "
+        "similarity is the best of the whole-image and the region similarities.",
+    )
+    query_regions: list[QueryRegion] = Field(
+        default_factory=list,
+        description="The query image's regions (set from an image or an indexed asset).",
+    )
     text: str | None = Field(None, description="Full-text query over title, description, keywords.")
     labels_all: list[LabelFilter] = Field(default_factory=list, description="Every one must match.")
     labels_any: list[LabelFilter] = Field(
@@ -164,8 +201,15 @@ class Hit(BaseModel):
 
     id: str
     score: float = Field(description="The ranking score (cosine similarity, BM25 or fused).")
-    vector_score: float | None = Field(None, description="Cosine similarity to the query vector.")
+    vector_score: float | None = Field(
+        None,
+        description="Cosine similarity to the query: of the whole images, or of the region "
+        "named by `region` where that is higher.",
+    )
     text_score: float | None = Field(None, description="Full-text relevance (BM25).")
+    region: RegionMatch | None = Field(
+        None, description="The region that gave `vector_score` (none: the whole images)."
+    )
     matched_labels: list[Label] = Field(
         default_factory=list, description="The asset's labels named by the request's filters."
     )
@@ -176,6 +220,7 @@ class SearchResponse(BaseModel):
     hits: list[Hit]
     total_candidates: int = Field(description="How many documents passed the filters.")
     more: bool = Field(False, description="Whether a next page has hits.")
+    note: str | None = Field(None, description="What could not be done as asked, and why.")
 
 
 class Searcher:
@@ -198,7 +243,7 @@ class Searcher:
             ranked = [(i, 0.0, None, None) for i in ids]
             start = 0
         elif request.text is None:
-            found = self.index.knn(request.vector, where, end + 1, documents=True)
+            found = self._vector_ranking(request, where, end + 1, documents=True)
             ranked = [(i, s, s, None) for i, s in found.scored]
             start = request.offset
         elif request.vector is None:
@@ -212,14 +257,23 @@ class Searcher:
             ranked = [r for r in ranked if r[1] >= request.min_score]
         page = ranked[start : start + request.k]
         more = len(ranked) > start + request.k
-        # A single ranking came with its documents; a fused one reads the page's now.
-        docs = found.documents if found.documents else self.index.get([r[0] for r in page])
+        page_ids = [r[0] for r in page]
+        matches: dict[str, RegionMatch | None] = {}
+        if _legs(request)[1:] and page_ids:
+            # Which region gave each hit its similarity: from the page's own vectors.
+            with_vectors = self.index.get(page_ids, with_embedding=True)
+            matches = {i: similarity(request, d)[1] for i, d in with_vectors.items()}
+            docs = {i: _without_vectors(d) for i, d in with_vectors.items()}
+        else:
+            # A single ranking came with its documents; a fused one reads the page's now.
+            docs = found.documents if found.documents else self.index.get(page_ids)
         hits = [
             Hit(
                 id=asset_id,
                 score=score,
                 vector_score=vector_score,
                 text_score=text_score,
+                region=matches.get(asset_id),
                 matched_labels=request.matched_labels(docs[asset_id].labels),
                 document=docs[asset_id],
             )
@@ -229,30 +283,107 @@ class Searcher:
         return SearchResponse(hits=hits, total_candidates=total, more=more)
 
     def similar(self, asset_id: str, request: SearchRequest) -> SearchResponse:
-        """Search with an indexed asset's own embedding, leaving the asset itself out."""
+        """Search with an indexed asset's own embedding (and regions), leaving the asset out."""
         doc = self.index.get([asset_id], with_embedding=True).get(asset_id)
         if doc is None or doc.embedding is None:
             raise AssetNotFound(f"no indexed asset with id {asset_id!r}")
-        update = {"vector": doc.embedding, "exclude_ids": [*request.exclude_ids, asset_id]}
+        update = {
+            "vector": doc.embedding,
+            "query_regions": [QueryRegion(box=r.box, vector=r.embedding) for r in doc.regions],
+            "exclude_ids": [*request.exclude_ids, asset_id],
+        }
         return self.search(request.model_copy(update=update))
+
+    def search_image(self, request: SearchRequest, query: ImageQuery) -> SearchResponse:
+        """Search with an image's (or a part's) embedding and regions (``analyse_image``)."""
+        update = {"vector": query.vector, "query_regions": query.regions}
+        response = self.search(request.model_copy(update=update))
+        response.note = query.note
+        return response
+
+    def _vector_ranking(
+        self,
+        request: SearchRequest,
+        where: filters.Filter | None,
+        k: int,
+        documents: bool = False,
+    ) -> Ranking:
+        """The ``k`` best documents by :func:`similarity`: one ranking per leg (the query
+        vector against the documents' embeddings, against their regions, each query region
+        against their embeddings), each document at its best score over the legs."""
+        legs = _legs(request)
+        if len(legs) == 1:
+            return self.index.knn(request.vector or [], where, k, documents=documents)
+        best: dict[str, float] = {}
+        for vector, over_regions in legs:
+            for asset_id, score in self.index.knn(vector, where, k, regions=over_regions).scored:
+                best[asset_id] = max(score, best.get(asset_id, score))
+        return Ranking(sorted(best.items(), key=lambda pair: (-pair[1], pair[0]))[:k])
 
     def _hybrid(
         self, request: SearchRequest, where: filters.Filter | None, window: int
     ) -> list[tuple[str, float, float | None, float | None]]:
         """Fuse ``window`` candidates of each ranking; fill in each candidate's other score."""
-        vector_leg = self.index.knn(request.vector or [], where, window).scored
+        vector_leg = self._vector_ranking(request, where, window).scored
         text_leg = self.index.bm25(request.text or "", where, window).scored
         cosines = dict(vector_leg)
         bm25 = dict(text_leg)
         candidates = list(dict.fromkeys([i for i, _ in vector_leg] + [i for i, _ in text_leg]))
         if missing := [i for i in candidates if i not in cosines]:
-            cosines |= _cosines(self.index, request.vector or [], missing)
+            docs = self.index.get(missing, with_embedding=True)
+            cosines |= {i: similarity(request, d)[0] for i, d in docs.items() if d.embedding}
         if missing := [i for i in candidates if i not in bm25]:
             only = filters.Term("id", tuple(missing))
             scoped = only if where is None else filters.And((where, only))
             bm25 |= dict(self.index.bm25(request.text or "", scoped, len(missing)).scored)
         fused = fuse(request, vector_leg, text_leg, cosines, bm25)
         return [(i, score, cosines.get(i), bm25.get(i)) for i, score in fused]
+
+
+def _legs(request: SearchRequest) -> list[tuple[list[float], bool]]:
+    """The vector searches a request needs, as (query vector, over the documents' regions):
+    the whole query first, then the region directions its mode asks for."""
+    vector = request.vector or []
+    legs = [(vector, False)]
+    if request.regions in ("library", "both"):
+        legs.append((vector, True))
+    if request.regions in ("query", "both"):
+        legs += [(region.vector, False) for region in request.query_regions]
+    return legs
+
+
+def similarity(request: SearchRequest, doc: AssetDocument) -> tuple[float, RegionMatch | None]:
+    """A document's similarity to the request's query (read with its vectors), exactly as the
+    vector ranking scores it: the best cosine of the whole images, of the query against the
+    document's regions and of the query's regions against the document (as the mode allows),
+    and the region that gave it (``None``: the whole images)."""
+    if doc.embedding is None:
+        raise ValueError("similarity needs the document's embedding")
+    query = _unit(request.vector or [])
+    embedding = np.asarray(doc.embedding, dtype=np.float64)
+    best: tuple[float, RegionMatch | None] = (float(embedding @ query), None)
+    if request.regions in ("library", "both") and doc.regions:
+        scores = np.asarray([r.embedding for r in doc.regions], dtype=np.float64) @ query
+        top = int(np.argmax(scores))
+        if scores[top] > best[0]:
+            best = (float(scores[top]), RegionMatch(side="library", box=doc.regions[top].box))
+    if request.regions in ("query", "both") and request.query_regions:
+        vectors = np.stack([_unit(r.vector) for r in request.query_regions])
+        scores = vectors @ embedding
+        top = int(np.argmax(scores))
+        if scores[top] > best[0]:
+            box = request.query_regions[top].box
+            best = (float(scores[top]), RegionMatch(side="query", box=box))
+    return best
+
+
+def _unit(vector: list[float]) -> np.ndarray:
+    array = np.asarray(vector, dtype=np.float64)
+    return array / np.linalg.norm(array)
+
+
+def _without_vectors(doc: AssetDocument) -> AssetDocument:
+    return doc.model_copy(update={"embedding": None, "regions": []})
 
 
 def fuse(
@@ -279,33 +410,104 @@ def fuse(
     return fused
 
 
-def _cosines(index: DocumentIndex, vector: list[float], ids: list[str]) -> dict[str, float]:
-    """Exact cosine similarity of the query to the given documents (unit-length embeddings)."""
-    docs = index.get(ids, with_embedding=True)
-    query = np.asarray(vector, dtype=np.float64)
-    query /= np.linalg.norm(query)
-    return {
-        i: float(np.asarray(d.embedding, dtype=np.float64) @ query)
-        for i, d in docs.items()
-        if d.embedding is not None
-    }
-
-
 # -- queries from images ----------------------------------------------------------------------
 
 
-def analyse_image(data: bytes, embedder: Embedder, settings: Settings | None = None) -> Prediction:
-    """Decode untrusted bytes (raises ``DecodeError``) and run the model on them."""
+# A box whose crop is smaller than one cell of the model's feature grid (32 pixels at a 224
+# input) leaves the model nothing to see but upscaling blur.
+MIN_BOX_PIXELS = 32
+
+
+def check_box(box: tuple[float, float, float, float]) -> tuple[float, float, float, float]:
+    """``box`` if it is a part of an image, ``(x, y, w, h)`` in 0..1 fractions; a
+    ``ValueError`` saying what is wrong otherwise."""
+    x, y, w, h = box
+    if not all(math.isfinite(v) for v in box):
+        raise ValueError(f"box {list(box)}: every value must be a finite number")
+    if w <= 0 or h <= 0:
+        raise ValueError(f"box {list(box)}: width and height must be above 0 (no area)")
+    eps = 1e-6
+    if x < 0 or y < 0 or x + w > 1 + eps or y + h > 1 + eps:
+        raise ValueError(
+            f"box {list(box)}: x, y, width and height are fractions of the image, so x >= 0, "
+            "y >= 0, x + width <= 1 and y + height <= 1"
+        )
+    return box
+
+
+def parse_box(spec: str) -> tuple[float, float, float, float]:
+    """Parse the CLI and query-string form ``X,Y,W,H`` of a box (then ``check_box``)."""
+    parts = [p.strip() for p in spec.split(",")]
+    try:
+        values = tuple(float(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"box {spec!r}: expected four numbers X,Y,W,H") from None
+    if len(values) != 4:
+        raise ValueError(f"box {spec!r}: expected four numbers X,Y,W,H, got {len(values)}")
+    return check_box(values)  # type: ignore[arg-type]
+
+
+class ImageQuery(BaseModel):
+    """What an image (or a part of it) asks for: its embedding, its regions' embeddings with
+    their boxes on the whole image, the class probabilities for labels, and a note when the
+    box could not be used."""
+
+    vector: list[float]
+    regions: list[QueryRegion] = Field(default_factory=list)
+    probabilities: list[float] = Field(default_factory=list, repr=False)
+    note: str | None = None
+
+
+def analyse_image(
+    data: bytes,
+    embedder: Embedder,
+    settings: Settings | None = None,
+    box: tuple[float, float, float, float] | None = None,
+) -> ImageQuery:
+    """Decode untrusted bytes (raises ``DecodeError``) and run the model on them, or on the
+    ``box`` part of them (``check_box`` first). A box too small for the model's grid falls
+    back to the whole image, and the note says so."""
     settings = settings or get_settings()
-    decoded = decode_image(
-        data, max_pixels=settings.max_image_pixels, min_size=embedder.spec.resize_size
+    min_size = embedder.spec.resize_size
+    if box is not None:  # decode enough pixels that the crop still has them
+        min_size = math.ceil(min_size / min(box[2], box[3]))
+    image = decode_image(data, max_pixels=settings.max_image_pixels, min_size=min_size).image
+    within: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+    note = None
+    if box is not None:
+        left, top, right, bottom = regions.pixel_box(box, image.width, image.height)
+        if min(right - left, bottom - top) < MIN_BOX_PIXELS:
+            note = (
+                f"the box is {right - left}x{bottom - top} pixels of this "
+                f"{image.width}x{image.height} image, smaller than the model's "
+                f"{MIN_BOX_PIXELS}-pixel grid cell: searched with the whole image instead"
+            )
+            # decoded as a whole-image query is, so that it gives the very same vector
+            image = decode_image(
+                data, max_pixels=settings.max_image_pixels, min_size=embedder.spec.resize_size
+            ).image
+        else:
+            image = image.crop((left, top, right, bottom))
+            within = box
+    prediction = embedder.predict(embedder.preprocess(image)[None])
+    vectors = None if prediction.regions is None else prediction.regions[0]
+    bx, by, bw, bh = within  # region boxes on the crop, as boxes on the whole image
+    query_regions = [
+        QueryRegion(box=(bx + x * bw, by + y * bh, w * bw, h * bh), vector=r.embedding)
+        for r in embedder.regions_of(vectors, image.width, image.height)
+        for x, y, w, h in (r.box,)
+    ]
+    return ImageQuery(
+        vector=prediction.embeddings[0].tolist(),
+        regions=query_regions,
+        probabilities=prediction.probabilities[0].tolist(),
+        note=note,
     )
-    return embedder.predict(embedder.preprocess(decoded.image)[None])
 
 
 def image_vector(data: bytes, embedder: Embedder, settings: Settings | None = None) -> list[float]:
     """The query embedding of an image file's bytes."""
-    return analyse_image(data, embedder, settings).embeddings[0].tolist()
+    return analyse_image(data, embedder, settings).vector
 
 
 def detect_labels(
@@ -317,5 +519,5 @@ def detect_labels(
     settings: Settings | None = None,
 ) -> list[Label]:
     """DetectLabels for one image."""
-    probabilities = analyse_image(data, embedder, settings).probabilities[0]
+    probabilities = np.asarray(analyse_image(data, embedder, settings).probabilities)
     return labeler.detect(probabilities, min_confidence=min_confidence, max_labels=max_labels)

@@ -31,6 +31,15 @@ class Settings(BaseSettings):
         "mobilenet_v2-imagenet", description="Backbone name from the model registry."
     )
 
+    region_levels: int = Field(
+        3,
+        ge=0,
+        le=6,
+        description="R-MAC levels of region vectors stored beside each global vector "
+        "(pipeline/regions.py): 3 gives 29 regions from half to two-fifths of the side; 0 "
+        "stores none (no region search).",
+    )
+
     # Ingestion
     batch_size: int = Field(32, ge=1, le=1024, description="Images per inference batch.")
     decode_workers: int = Field(

@@ -27,7 +27,7 @@ import numpy as np
 
 from pipeline.embed import Embedder, get_embedder
 from pipeline.library import Library, model_name
-from pipeline.search import Searcher, image_vector
+from pipeline.search import ImageQuery, Searcher, analyse_image
 from pipeline.settings import Settings
 
 if TYPE_CHECKING:
@@ -109,11 +109,14 @@ class SearchEngine:
             log.warning("the store is not reachable: %s", exc)
             raise EngineNotReady("the store is not reachable (the server log says why)") from exc
 
-    def embed(self, backend: Backend, data: bytes) -> list[float]:
-        """The query vector of an uploaded image (``DecodeError`` for anything but an image)."""
+    def embed(
+        self, backend: Backend, data: bytes, box: tuple[float, float, float, float] | None = None
+    ) -> ImageQuery:
+        """The query of an uploaded image, or of its ``box`` part: its vector and its regions'
+        (``DecodeError`` for anything but an image)."""
         started = time.perf_counter()
         try:
-            return image_vector(data, backend.embedder, self.settings)
+            return analyse_image(data, backend.embedder, self.settings, box)
         finally:
             self.metrics.embed_seconds.observe(time.perf_counter() - started)
 

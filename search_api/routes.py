@@ -186,10 +186,11 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep) -> 
         options, data = await _read_image_form(request, settings)
         backend = await run_in_threadpool(engine.backend)
         request_ = options.to_request()
-        request_.vector = await anyio.to_thread.run_sync(
-            engine.embed, backend, data, limiter=request.app.state.image_limiter
+        image = await anyio.to_thread.run_sync(
+            engine.embed, backend, data, options.box, limiter=request.app.state.image_limiter
         )
-        kind = "image"
+        response = await _timed(engine, backend.searcher.search_image, request_, image)
+        return _result(response, request_, "image", backend, started)
     elif media_type == "application/json" or media_type.endswith("+json"):
         query = _validated(SearchQuery, await request.body())
         backend = await run_in_threadpool(engine.backend)
@@ -200,7 +201,7 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep) -> 
             except ValueError as exc:
                 raise _invalid(("body", "vector"), str(exc)) from None
         if query.asset_id:
-            response = await _timed(engine, backend.searcher.similar, query.asset_id, request_)
+            response = await _similar(request, engine, query.asset_id, request_, query.box)
             return _result(response, request_, "asset", backend, started)
         kind = "vector" if query.vector else "text" if request_.text else "filters"
     else:
@@ -232,14 +233,17 @@ async def get_asset(asset_id: AssetIdPath, engine: EngineDep) -> Asset:
     responses=_NOT_FOUND,
 )
 async def similar(
-    asset_id: AssetIdPath, options: Annotated[FormFilters, Query()], engine: EngineDep
+    request: Request,
+    asset_id: AssetIdPath,
+    options: Annotated[FormFilters, Query()],
+    engine: EngineDep,
 ) -> SearchResult:
     """Assets similar to this one (itself left out), with the same filters as `POST /search`
     in query-string form: `labels_all=Cat:80`, `metadata=source=scikit-image`."""
     started = time.perf_counter()
     backend = await run_in_threadpool(engine.backend)
     request_ = options.to_request()
-    response = await _timed(engine, backend.searcher.similar, asset_id, request_)
+    response = await _similar(request, engine, asset_id, request_, options.box)
     return _result(response, request_, "asset", backend, started)
 
 
@@ -444,6 +448,27 @@ async def _document(engine: SearchEngine, asset_id: str) -> AssetDocument:
     return doc
 
 
+async def _similar(
+    request: Request,
+    engine: EngineDep,
+    asset_id: str,
+    request_: SearchRequest,
+    box: tuple[float, float, float, float] | None,
+) -> SearchResponse:
+    """More like an indexed asset, or like the ``box`` part of its image (read from its file,
+    as ``GET /assets/{id}/image`` serves it), the asset itself left out."""
+    backend = await run_in_threadpool(engine.backend)
+    if box is None:
+        return await _timed(engine, backend.searcher.similar, asset_id, request_)
+    doc = await _document(engine, asset_id)
+    data = await run_in_threadpool(media.image_bytes, doc, engine.settings)
+    image = await anyio.to_thread.run_sync(
+        engine.embed, backend, data, box, limiter=request.app.state.image_limiter
+    )
+    request_.exclude_ids.append(asset_id)
+    return await _timed(engine, backend.searcher.search_image, request_, image)
+
+
 async def _timed(engine: SearchEngine, func: Any, *args: Any) -> SearchResponse:
     """Run a store search in a worker thread and record how long the store took."""
     started = time.perf_counter()
@@ -477,6 +502,7 @@ def _result(
         query=kind,
         model=backend.model_id,
         took_ms=round((time.perf_counter() - started) * 1000, 2),
+        note=response.note,
     )
 
 

@@ -27,8 +27,11 @@ from pipeline.search import (
     MAX_LABEL_NAME,
     Hit,
     LabelFilter,
+    RegionMode,
     SearchRequest,
+    check_box,
     metadata_key,
+    parse_box,
     parse_metadata_filters,
 )
 
@@ -104,6 +107,24 @@ MetadataKey = Annotated[
     AfterValidator(_metadata_key),
 ]
 FiniteFloat = Annotated[float, Field(allow_inf_nan=False)]
+Box = Annotated[
+    tuple[FiniteFloat, FiniteFloat, FiniteFloat, FiniteFloat],
+    Field(
+        description="Search with this part of the query image (an upload or the `asset_id`'s): "
+        "x, y, width, height as fractions 0..1 of its width and height.",
+        examples=[[0.5, 0.0, 0.5, 0.5]],
+    ),
+    AfterValidator(check_box),
+]
+BoxSpec = Annotated[
+    str,
+    Field(
+        max_length=200,
+        description="Search with this part of the query image: X,Y,W,H as fractions 0..1.",
+        examples=["0.5,0,0.5,0.5"],
+    ),
+    AfterValidator(parse_box),
+]
 
 
 def parse_label_specs(specs: list[str]) -> list[LabelFilter]:
@@ -139,6 +160,13 @@ class SearchOptions(BaseModel):
     exclude_ids: list[AssetId] = Field(
         default_factory=list, max_length=1000, description="Assets never returned."
     )
+    regions: RegionMode = Field(
+        "off",
+        description="Region search: `library` also finds the query inside bigger images, "
+        "`query` also finds what appears in parts of the query image, `both`, or `off` (whole "
+        "images only, the default). A hit's `region` says which region matched, with its box.",
+    )
+    box: Box | None = None
 
 
 class LabelFilters(BaseModel):
@@ -198,6 +226,8 @@ class SearchQuery(SearchOptions):
     def _one_query(self) -> SearchQuery:
         if self.asset_id is not None and self.vector is not None:
             raise ValueError("give asset_id or vector, not both")
+        if self.box is not None and self.asset_id is None:
+            raise ValueError("a box is a part of the query image: give it with an asset_id")
         return self
 
     def to_request(self) -> SearchRequest:
@@ -233,6 +263,7 @@ class FormFilters(SearchOptions):
     metadata: list[MetadataSpec] = Field(
         default_factory=list, max_length=MAX_FILTERS, description="Metadata filters."
     )
+    box: BoxSpec | None = None  # type: ignore[assignment]  # X,Y,W,H: one form field
 
     def to_request(self) -> SearchRequest:
         return _request(
@@ -255,6 +286,7 @@ def _request(options: SearchOptions, **fields: Any) -> SearchRequest:
         vector_weight=options.vector_weight,
         rrf_k=options.rrf_k,
         exclude_ids=options.exclude_ids,
+        regions=options.regions,
         **fields,
     )
 
@@ -264,6 +296,7 @@ class Asset(AssetDocument):
     links to its image and thumbnail."""
 
     embedding: SkipJsonSchema[None] = Field(None, exclude=True)
+    regions: SkipJsonSchema[list[Any]] = Field(default_factory=list, exclude=True)
     image_url: str = Field(description="The original file (local files only).")
     thumbnail_url: str = Field(description="A JPEG thumbnail, cached by the server.")
 
@@ -272,7 +305,7 @@ class Asset(AssetDocument):
         # The content hash in the thumbnail URL lets browsers cache it until the file changes.
         return cls.model_validate(
             {
-                **doc.model_dump(exclude={"embedding"}),
+                **doc.model_dump(exclude={"embedding", "regions"}),
                 "image_url": f"/assets/{doc.id}/image",
                 "thumbnail_url": f"/assets/{doc.id}/thumbnail?v={doc.sha256[:12]}",
             }
@@ -357,6 +390,11 @@ class SearchResult(BaseModel):
     )
     model: str = Field(description="Model version of the index searched.")
     took_ms: float = Field(description="Server time for this search, embedding included.")
+    note: str | None = Field(
+        None,
+        description="What could not be done as asked, and why (e.g. a box too small for the "
+        "model's grid: the whole image was searched instead).",
+    )
 
 
 class LabelCount(BaseModel):

@@ -134,6 +134,42 @@ def test_asset_and_vector_queries_match_the_image_query(
     assert by_vector.json()["hits"][0]["score"] == pytest.approx(1.0, abs=1e-3)
 
 
+def test_a_part_of_an_image_and_regions_say_where_they_matched(
+    client: TestClient, samples: Path
+) -> None:
+    """The box is cut out of the upload (or of an indexed asset's file) before it is embedded;
+    region search names the region that matched on each hit, with its box; a box too small
+    for the model's grid searches the whole image and says so."""
+    astronaut = samples / "originals" / "astronaut.jpg"
+    face = {"box": "0.55,0.05,0.4,0.5", "k": "3"}
+    whole = upload(client, astronaut, {"k": "3"}).json()["hits"]
+    part = upload(client, astronaut, face).json()
+    assert part["note"] is None
+    assert part["hits"][0]["score"] < whole[0]["score"] - 0.1, "the part is not the whole photo"
+    assert all(h["region"] is None for h in part["hits"]), "regions are off by default"
+    found = upload(client, astronaut, {**face, "regions": "library"}).json()["hits"]
+    assert stem(found[0]["document"]["uri"]) == "astronaut"
+    assert found[0]["score"] > part["hits"][0]["score"], "a region of the photo fits the part"
+    x, y, w, h = found[0]["region"]["box"]
+    assert (
+        found[0]["region"]["side"] == "library" and x >= 0 and x + w <= 1 and y >= 0 and y + h <= 1
+    )
+    assert "regions" not in found[0]["document"] and "embedding" not in found[0]["document"]
+    tiny = upload(client, astronaut, {"box": "0.5,0.5,0.01,0.01"}).json()
+    assert "searched with the whole image" in tiny["note"]
+    assert [h["id"] for h in tiny["hits"]][:3] == [h["id"] for h in whole]
+    astronaut_id = id_of(client, "astronaut")
+    by_asset = {"asset_id": astronaut_id, "box": [0.55, 0.05, 0.4, 0.5], "regions": "both", "k": 3}
+    hits = client.post("/search", json=by_asset).json()["hits"]
+    assert astronaut_id not in [h["id"] for h in hits], "the asset itself is left out"
+    assert stem(hits[0]["document"]["uri"]).startswith("astronaut"), "its copies come first"
+    params = {"box": "0.55,0.05,0.4,0.5", "regions": "both", "k": 3}
+    similar = client.get(f"/assets/{astronaut_id}/similar", params=params).json()["hits"]
+    assert [(h["id"], round(h["score"], 4)) for h in similar] == [
+        (h["id"], round(h["score"], 4)) for h in hits
+    ]
+
+
 def test_label_filters_change_the_results(client: TestClient, samples: Path) -> None:
     coffee = samples / "originals" / "coffee.jpg"
     unfiltered = stems(upload(client, coffee, {"k": "8"}))
@@ -376,6 +412,13 @@ def test_openapi_documents_both_bodies_with_examples(client: TestClient) -> None
             "Invalid JSON",
         ),
         ({"json": {"asset_id": "0" * 32}}, 404, "no indexed asset"),
+        ({"json": {"asset_id": "0" * 32, "box": [0.5, 0.5, 0.6, 0.1]}}, 422, "x + width <= 1"),
+        ({"json": {"asset_id": "0" * 32, "box": [0.1, 0.1, 0, 0.5]}}, 422, "(no area)"),
+        ({"json": {"asset_id": "0" * 32, "box": [0.1, 0.1, 0.5]}}, 422, "body.box"),
+        ({"json": {"box": [0.1, 0.1, 0.5, 0.5]}}, 422, "give it with an asset_id"),
+        ({"json": {"regions": "sideways"}}, 422, "body.regions"),
+        ({"image": True, "data": {"box": "1,2,3"}}, 422, "expected four numbers"),
+        ({"image": True, "data": {"box": "-0.1,0,0.5,0.5"}}, 422, "x >= 0"),
     ],
 )
 def test_search_errors_have_a_status_and_a_message(

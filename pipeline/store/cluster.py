@@ -127,13 +127,18 @@ _SCALARS = {
 
 
 def properties(
-    fields: Sequence[FieldSpec], analyzer: str, vector: dict[str, Any] | None = None
+    fields: Sequence[FieldSpec],
+    analyzer: str,
+    vector: dict[str, Any] | None = None,
+    region_vector: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The mapping of each field: keywords (indexed only when filterable; a case-insensitive
     ``folded`` sub-field where filters ignore case; a ``text`` sub-field where they are also
     searched as text), analysed text, numbers, dates, JSON kept in ``_source`` only (any
     metadata column works, no mapping explosion), labels as ``nested`` (so "label X with
-    confidence >= c" matches name and confidence of the *same* label) and the vector."""
+    confidence >= c" matches name and confidence of the *same* label), the vector, and the
+    region vectors as ``nested`` objects of a box and a vector (a kNN search over them ranks a
+    document by its best region)."""
     text = {"type": "text", "analyzer": analyzer}
     mapped: dict[str, Any] = {}
     for spec in fields:
@@ -160,10 +165,16 @@ def properties(
                     "parents": {"type": "keyword"},
                 },
             }
-        elif spec.kind == "vector":
+        elif spec.kind in ("vector", "regions"):
             if vector is None:
                 raise ValueError(f"{spec.name}: a vector field needs the backend's mapping")
             prop = vector
+            if spec.kind == "regions":  # many vectors per document: a hit is the document
+                inner = region_vector or vector
+                prop = {
+                    "type": "nested",
+                    "properties": {"box": {"type": "float", "index": False}, "embedding": inner},
+                }
         else:
             raise ValueError(f"{spec.name}: no mapping for kind {spec.kind!r}")
         mapped[spec.name] = prop
@@ -573,15 +584,21 @@ class ClusterBackend(Backend):
         """The mapping of the ``embedding`` field."""
 
     @classmethod
+    def region_vector_field(cls, settings: Settings, dim: int) -> dict[str, Any]:
+        """The mapping of the region vectors (inside the nested ``regions``)."""
+        return cls.vector_field(settings, dim)
+
+    @classmethod
     @abstractmethod
     def index_options(cls, settings: Settings) -> dict[str, Any]:
         """Index settings the backend adds to ``index_settings`` (k-NN switches)."""
 
     @abstractmethod
     def knn_body(
-        self, vector: Sequence[float], where: filters.Filter | None, k: int
+        self, vector: Sequence[float], where: filters.Filter | None, k: int, regions: bool
     ) -> dict[str, Any]:
-        """A filtered kNN search for ``k`` ids."""
+        """A filtered kNN search for ``k`` ids, over the embedding or (``regions``) the
+        documents' best region vectors."""
 
     @staticmethod
     @abstractmethod
@@ -599,7 +616,12 @@ class ClusterBackend(Backend):
         """The index template of every model version's index (``<base>__*``)."""
         index = index_settings(settings.cluster_shards)
         index["index"].update(cls.index_options(settings))
-        props = properties(FIELDS, settings.text_analyzer, cls.vector_field(settings, dim))
+        props = properties(
+            FIELDS,
+            settings.text_analyzer,
+            cls.vector_field(settings, dim),
+            cls.region_vector_field(settings, dim),
+        )
         what = "asset documents of one model version"
         return template([f"{settings.table}__*"], index, props, what, dimension=dim)
 
@@ -849,7 +871,7 @@ class ClusterIndex(DocumentIndex):
     def get(self, ids: Sequence[str], with_embedding: bool = False) -> dict[str, AssetDocument]:
         if not ids:
             return {}
-        source = self.backend.embedding_source() if with_embedding else {"excludes": ["embedding"]}
+        source = self.backend.embedding_source() if with_embedding else _source(True)
         found = self.backend.hits(self.name, get_body(ids, source))
         return {h["_id"]: from_source(h["_source"], AssetDocument) for h in found}
 
@@ -871,8 +893,9 @@ class ClusterIndex(DocumentIndex):
         where: filters.Filter | None,
         k: int,
         documents: bool = False,
+        regions: bool = False,
     ) -> Ranking:
-        body = self.backend.knn_body(vector, where, k) | {"_source": _source(documents)}
+        body = self.backend.knn_body(vector, where, k, regions) | {"_source": _source(documents)}
         found = self.backend.hits(self.name, body)
         return _ranking(found, lambda h: self.backend.cosine_from_score(h["_score"]))
 
@@ -945,8 +968,8 @@ class ClusterRunLog(RunLog):
 
 
 def _source(documents: bool) -> Any:
-    """The ``_source`` option of a ranking: nothing, or the documents without their vector."""
-    return {"excludes": ["embedding"]} if documents else False
+    """The ``_source`` option of a ranking: nothing, or the documents without their vectors."""
+    return {"excludes": ["embedding", "regions"]} if documents else False
 
 
 def _ranking(hits: list[dict[str, Any]], score: Callable[[dict[str, Any]], float]) -> Ranking:

@@ -41,22 +41,31 @@ SIMILARITY = "dot_product"
 RESCORE_OVERSAMPLE = 3.0
 
 
-def dense_vector_field(dim: int, m: int, ef_construction: int) -> dict[str, Any]:
+def dense_vector_field(
+    dim: int, m: int, ef_construction: int, index_type: str = "int8_hnsw"
+) -> dict[str, Any]:
     return {
         "type": "dense_vector",
         "dims": dim,
         "index": True,
         "similarity": SIMILARITY,
-        "index_options": {"type": "int8_hnsw", "m": m, "ef_construction": ef_construction},
+        "index_options": {"type": index_type, "m": m, "ef_construction": ef_construction},
     }
 
 
 def knn_body(
-    vector: Sequence[float], where: filters.Filter | None, k: int, num_candidates: int
+    vector: Sequence[float],
+    where: filters.Filter | None,
+    k: int,
+    num_candidates: int,
+    regions: bool = False,
 ) -> dict[str, Any]:
+    """The top-level ``knn`` section with the filter inside it; over the nested
+    ``regions.embedding`` a document scores its best region (and the filter still names the
+    document's own fields)."""
     k = min(k, MAX_KNN_K)
     section: dict[str, Any] = {
-        "field": "embedding",
+        "field": "regions.embedding" if regions else "embedding",
         "query_vector": unit(vector),
         "k": k,
         "num_candidates": min(max(num_candidates, k), MAX_KNN_K),
@@ -97,13 +106,20 @@ class ElasticsearchBackend(ClusterBackend):
         return dense_vector_field(dim, settings.hnsw_m, settings.hnsw_ef_construction)
 
     @classmethod
+    def region_vector_field(cls, settings: Settings, dim: int) -> dict[str, Any]:
+        """Float HNSW: measured on 8.19, a kNN search over nested int8 vectors gives quantised
+        scores (off by more than 1e-4 cosine), the rescoring the top-level field gets does not
+        reach nested ones."""
+        return dense_vector_field(dim, settings.hnsw_m, settings.hnsw_ef_construction, "hnsw")
+
+    @classmethod
     def index_options(cls, settings: Settings) -> dict[str, Any]:
         return {}
 
     def knn_body(
-        self, vector: Sequence[float], where: filters.Filter | None, k: int
+        self, vector: Sequence[float], where: filters.Filter | None, k: int, regions: bool
     ) -> dict[str, Any]:
-        return knn_body(vector, where, k, self.settings.knn_ef_search)
+        return knn_body(vector, where, k, self.settings.knn_ef_search, regions)
 
     def version(self) -> tuple[int, int]:
         """The (major, minor) version of the node this client talks to, asked once (from the

@@ -88,18 +88,27 @@ ARROW_TYPES: dict[str, pa.DataType] = {
     "labels": pa.list_(_LABEL),
 }
 FIELDS = fields_for(ASSET_FIELDS, "embedded")
-DOCUMENT_COLUMNS = [f.name for f in FIELDS if f.stored and f.kind != "vector"]
-"""What a document is read from, without its (large) embedding."""
+VECTOR_KINDS = ("vector", "regions")
+DOCUMENT_COLUMNS = [f.name for f in FIELDS if f.stored and f.kind not in VECTOR_KINDS]
+"""What a document is read from, without its (large) vectors."""
+REGION_BOXES = "region_boxes"
+"""The column beside ``regions`` (one vector per region, a multivector column) that holds the
+regions' boxes in the same order."""
+VECTOR_COLUMNS = ["embedding", "regions", REGION_BOXES]
 
 
 def arrow_schema(fields: Sequence[FieldSpec], dim: int | None = None) -> pa.Schema:
     """The Arrow schema of a table of ``fields`` (vectors of ``dim`` float32)."""
-    return pa.schema(
-        [
-            (f.name, pa.list_(pa.float32(), dim) if f.kind == "vector" else ARROW_TYPES[f.kind])
-            for f in fields
-        ]
-    )
+    columns: list[tuple[str, pa.DataType]] = []
+    for f in fields:
+        if f.kind == "vector":
+            columns.append((f.name, pa.list_(pa.float32(), dim)))
+        elif f.kind == "regions":
+            columns.append((f.name, pa.list_(pa.list_(pa.float32(), dim))))
+            columns.append((REGION_BOXES, pa.list_(pa.list_(pa.float32(), 4))))
+        else:
+            columns.append((f.name, ARROW_TYPES[f.kind]))
+    return pa.schema(columns)
 
 
 def to_row(record: BaseModel, fields: Sequence[FieldSpec]) -> dict[str, Any]:
@@ -112,6 +121,9 @@ def to_row(record: BaseModel, fields: Sequence[FieldSpec]) -> dict[str, Any]:
             value = json.dumps(value, sort_keys=True, default=str)
         elif spec.kind == "date" and value is not None:
             value = value.astimezone(UTC)
+        elif spec.kind == "regions":
+            row[REGION_BOXES] = [region["box"] for region in value]
+            value = [region["embedding"] for region in value]
         row[spec.name] = value
     return row
 
@@ -122,7 +134,14 @@ def from_row(row: dict[str, Any], fields: Sequence[FieldSpec]) -> dict[str, Any]
     for spec in fields:
         if spec.stored and spec.name in row:
             value = row[spec.name]
-            values[spec.name] = json.loads(value) if spec.kind == "json" and value else value
+            if spec.kind == "json" and value:
+                value = json.loads(value)
+            elif spec.kind == "regions":
+                boxes = row.get(REGION_BOXES) or []
+                value = [
+                    {"box": b, "embedding": e} for b, e in zip(boxes, value or [], strict=True)
+                ]
+            values[spec.name] = value
     return values
 
 
@@ -254,7 +273,17 @@ class EmbeddedIndex(DocumentIndex):
             self._table = self.backend.open_table(self.name)
             if self._table is not None and "vector" in self._table.schema.names:
                 self._migrate(self._table)
+            if self._table is not None and "regions" not in self._table.schema.names:
+                self._add_regions(self._table)
         return self._table
+
+    def _add_regions(self, table: lancedb.table.Table) -> None:
+        """Tables written before region search have no region columns: add them, empty (the
+        documents have no regions until a rollout or a change re-embeds them)."""
+        log.warning("adding the region columns to the table %s", self.name)
+        dim = table.schema.field("embedding").type.list_size
+        schema = arrow_schema([field(ASSET_FIELDS, "regions")], dim)
+        table.add_columns(list(schema))
 
     def _migrate(self, table: lancedb.table.Table) -> None:
         """Tables written by Lookalike 0.1 name two columns differently and have a full-text
@@ -364,7 +393,7 @@ class EmbeddedIndex(DocumentIndex):
     def get(self, ids: Sequence[str], with_embedding: bool = False) -> dict[str, AssetDocument]:
         if not ids or self.table is None:
             return {}
-        columns = [*DOCUMENT_COLUMNS, "embedding"] if with_embedding else DOCUMENT_COLUMNS
+        columns = [*DOCUMENT_COLUMNS, *VECTOR_COLUMNS] if with_embedding else DOCUMENT_COLUMNS
         rows = (
             self.table.search()
             .where(_in_list("id", ids))
@@ -396,20 +425,26 @@ class EmbeddedIndex(DocumentIndex):
         where: filters.Filter | None,
         k: int,
         documents: bool = False,
+        regions: bool = False,
     ) -> Ranking:
         table = self.table
         if table is None:
             return Ranking([])
         sql = self.sql(where)
+        query_vector = np.asarray(vector, dtype=np.float32)
+        # A multivector column ranks a row by its best vector (MaxSim of one query vector).
+        column, query_vector = (
+            ("regions", query_vector[None]) if regions else ("embedding", query_vector)
+        )
         query = (
-            table.search(np.asarray(vector, dtype=np.float32), vector_column_name="embedding")
+            table.search(query_vector, vector_column_name=column)
             .distance_type("cosine")
             .select([*(DOCUMENT_COLUMNS if documents else ["id"]), "_distance"])
             .limit(k)
         )
         if sql:
             query = query.where(sql, prefilter=True)
-        if any(i.columns == ["embedding"] for i in table.list_indices()):
+        if not regions and any(i.columns == ["embedding"] for i in table.list_indices()):
             rows = table.count_rows()
             passing = table.count_rows(sql) if sql else rows
             if passing <= self.settings.exact_search_max_rows:
@@ -627,6 +662,8 @@ def _document(row: dict[str, Any]) -> AssetDocument:
     values = from_row(row, FIELDS)
     if values.get("embedding") is not None:
         values["embedding"] = list(values["embedding"])
+    if values.get("regions") is None:
+        values.pop("regions", None)
     return AssetDocument.model_validate(values)
 
 

@@ -52,9 +52,15 @@ def knn_vector_field(dim: int, engine: str, m: int, ef_construction: int) -> dic
 
 
 def knn_body(
-    vector: Sequence[float], where: filters.Filter | None, k: int, ef_search: int
+    vector: Sequence[float],
+    where: filters.Filter | None,
+    k: int,
+    ef_search: int,
+    regions: bool = False,
 ) -> dict[str, Any]:
-    """The ``knn`` query with the filter inside it (efficient filtering); ids and scores only."""
+    """The ``knn`` query with the filter inside it (efficient filtering); ids and scores only.
+    Over ``regions``, the same query inside a ``nested`` one: a document scores its best
+    region's score (the filter names the document's fields, as OpenSearch allows there)."""
     k = min(k, MAX_KNN_K)
     clause: dict[str, Any] = {
         "vector": unit(vector),
@@ -63,6 +69,14 @@ def knn_body(
     }
     if (condition := query(where)) is not None:
         clause["filter"] = condition
+    if regions:
+        if condition is not None:
+            # Measured on the node: a bare nested (label) filter of a nested kNN query matches
+            # nothing; the same inside a bool filter matches the documents it should.
+            clause["filter"] = {"bool": {"filter": [condition]}}
+        nested = {"path": "regions", "score_mode": "max"}
+        knn = {"nested": nested | {"query": {"knn": {"regions.embedding": clause}}}}
+        return {"size": k, "_source": False, "query": knn}
     return {"size": k, "_source": False, "query": {"knn": {"embedding": clause}}}
 
 
@@ -99,6 +113,6 @@ class OpenSearchBackend(ClusterBackend):
         }
 
     def knn_body(
-        self, vector: Sequence[float], where: filters.Filter | None, k: int
+        self, vector: Sequence[float], where: filters.Filter | None, k: int, regions: bool
     ) -> dict[str, Any]:
-        return knn_body(vector, where, k, self.settings.knn_ef_search)
+        return knn_body(vector, where, k, self.settings.knn_ef_search, regions)

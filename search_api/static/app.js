@@ -3,7 +3,6 @@
 "use strict";
 
 const PAGE = 24;
-const CROP_MAX_SIDE = 1024; // a region is uploaded at most this large: plenty for a 224-px model
 const KEY_COOKIE = "lookalike_api_key";
 
 const $ = (id) => document.getElementById(id);
@@ -71,12 +70,13 @@ async function buildRequest() {
     vector_weight: state.vectorWeight,
     hybrid: state.text && state.source ? "linear" : "rrf",
   };
-  const upload = state.source && (state.source.kind === "file" || state.crop);
-  if (upload) {
+  const box = await queryBox();
+  if (box) common.box = box;
+  if (state.source && state.source.kind === "file") {
     const form = new FormData();
-    form.append("image", await queryImageBlob(), "query.jpg");
+    form.append("image", state.source.blob, "query.jpg");
     for (const [key, value] of Object.entries(common)) {
-      if (value !== null) form.append(key, String(value));
+      if (value !== null) form.append(key, Array.isArray(value) ? value.join(",") : String(value));
     }
     for (const name of all) form.append("labels_all", `${name}:${state.minConfidence}`);
     for (const name of none) form.append("labels_none", `${name}:${state.minConfidence}`);
@@ -245,17 +245,18 @@ function clearQuery() {
   search();
 }
 
-async function queryImageBlob() {
-  if (!state.crop) return state.source.blob;
+// The drawn box as the API takes it: x, y, width, height in fractions of the image. The server
+// cuts it out of the original file (an upload or the asset's), at full resolution.
+async function queryBox() {
+  if (!state.crop) return null;
   const img = $("query-img");
   await img.decode();
   const { x, y, w, h } = state.crop;
-  const scale = Math.min(1, CROP_MAX_SIDE / Math.max(w, h));
-  const canvas = document.createElement("canvas");
-  canvas.width = Math.max(1, Math.round(w * scale));
-  canvas.height = Math.max(1, Math.round(h * scale));
-  canvas.getContext("2d").drawImage(img, x, y, w, h, 0, 0, canvas.width, canvas.height);
-  return new Promise((resolve) => canvas.toBlob(resolve, "image/jpeg", 0.92));
+  const clamp = (v) => Math.min(1, Math.max(0, v));
+  const bx = clamp(x / img.naturalWidth);
+  const by = clamp(y / img.naturalHeight);
+  return [bx, by, Math.min(w / img.naturalWidth, 1 - bx), Math.min(h / img.naturalHeight, 1 - by)]
+    .map((v) => Math.round(v * 1e4) / 1e4);
 }
 
 // -- the crop box -------------------------------------------------------------------------------
