@@ -42,6 +42,7 @@ from pipeline.search import (
     detect_labels,
     parse_box,
     parse_metadata_filters,
+    ranks_query_regions,
 )
 from pipeline.settings import get_settings
 from pipeline.store import dump, mapping_files
@@ -197,7 +198,9 @@ def search(
                 else:
                     data = image.read_bytes()
                 embedder = get_embedder(model_name(searcher.index.model_id))
-                query = analyse_image(data, embedder, box=part)
+                query = analyse_image(
+                    data, embedder, box=part, with_regions=ranks_query_regions(request)
+                )
                 response = searcher.search_image(request, query)
     if as_json:
         out.print_json(data=_hits_json(response))

@@ -289,7 +289,9 @@ class Searcher:
             raise AssetNotFound(f"no indexed asset with id {asset_id!r}")
         update = {
             "vector": doc.embedding,
-            "query_regions": [QueryRegion(box=r.box, vector=r.embedding) for r in doc.regions],
+            "query_regions": [QueryRegion(box=r.box, vector=r.embedding) for r in doc.regions]
+            if ranks_query_regions(request)
+            else [],
             "exclude_ids": [*request.exclude_ids, asset_id],
         }
         return self.search(request.model_copy(update=update))
@@ -340,6 +342,11 @@ class Searcher:
         return [(i, score, cosines.get(i), bm25.get(i)) for i, score in fused]
 
 
+def ranks_query_regions(request: SearchRequest) -> bool:
+    """Whether the request's mode ranks by the query's regions (so they must be built)."""
+    return request.regions in ("query", "both")
+
+
 def _legs(request: SearchRequest) -> list[tuple[list[float], bool]]:
     """The vector searches a request needs, as (query vector, over the documents' regions):
     the whole query first, then the region directions its mode asks for."""
@@ -347,7 +354,7 @@ def _legs(request: SearchRequest) -> list[tuple[list[float], bool]]:
     legs = [(vector, False)]
     if request.regions in ("library", "both"):
         legs.append((vector, True))
-    if request.regions in ("query", "both"):
+    if ranks_query_regions(request):
         legs += [(region.vector, False) for region in request.query_regions]
     return legs
 
@@ -367,7 +374,7 @@ def similarity(request: SearchRequest, doc: AssetDocument) -> tuple[float, Regio
         top = int(np.argmax(scores))
         if scores[top] > best[0]:
             best = (float(scores[top]), RegionMatch(side="library", box=doc.regions[top].box))
-    if request.regions in ("query", "both") and request.query_regions:
+    if ranks_query_regions(request) and request.query_regions:
         vectors = np.stack([_unit(r.vector) for r in request.query_regions])
         scores = vectors @ embedding
         top = int(np.argmax(scores))
@@ -463,10 +470,12 @@ def analyse_image(
     embedder: Embedder,
     settings: Settings | None = None,
     box: tuple[float, float, float, float] | None = None,
+    with_regions: bool = True,
 ) -> ImageQuery:
     """Decode untrusted bytes (raises ``DecodeError``) and run the model on them, or on the
     ``box`` part of them (``check_box`` first). A box too small for the model's grid falls
-    back to the whole image, and the note says so."""
+    back to the whole image, and the note says so. The query's regions only
+    ``with_regions`` (a search that does not rank by them need not build them)."""
     settings = settings or get_settings()
     min_size = embedder.spec.resize_size
     if box is not None:  # decode enough pixels that the crop still has them
@@ -490,13 +499,14 @@ def analyse_image(
             image = image.crop((left, top, right, bottom))
             within = box
     prediction = embedder.predict(embedder.preprocess(image)[None])
-    vectors = None if prediction.regions is None else prediction.regions[0]
-    bx, by, bw, bh = within  # region boxes on the crop, as boxes on the whole image
-    query_regions = [
-        QueryRegion(box=(bx + x * bw, by + y * bh, w * bw, h * bh), vector=r.embedding)
-        for r in embedder.regions_of(vectors, image.width, image.height)
-        for x, y, w, h in (r.box,)
-    ]
+    query_regions = []
+    if with_regions and prediction.regions is not None:
+        found = embedder.regions_of(prediction.regions[0], image.width, image.height)
+        # boxes on the (cropped) image, as boxes on the whole image
+        boxes = regions.to_image(np.array([r.box for r in found], np.float64), within)
+        query_regions = [
+            QueryRegion(box=box, vector=r.embedding) for box, r in zip(boxes, found, strict=True)
+        ]
     return ImageQuery(
         vector=prediction.embeddings[0].tolist(),
         regions=query_regions,
@@ -507,7 +517,7 @@ def analyse_image(
 
 def image_vector(data: bytes, embedder: Embedder, settings: Settings | None = None) -> list[float]:
     """The query embedding of an image file's bytes."""
-    return analyse_image(data, embedder, settings).vector
+    return analyse_image(data, embedder, settings, with_regions=False).vector
 
 
 def detect_labels(
@@ -519,5 +529,6 @@ def detect_labels(
     settings: Settings | None = None,
 ) -> list[Label]:
     """DetectLabels for one image."""
-    probabilities = np.asarray(analyse_image(data, embedder, settings).probabilities)
+    query = analyse_image(data, embedder, settings, with_regions=False)
+    probabilities = np.asarray(query.probabilities)
     return labeler.detect(probabilities, min_confidence=min_confidence, max_labels=max_labels)

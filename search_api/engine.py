@@ -110,13 +110,17 @@ class SearchEngine:
             raise EngineNotReady("the store is not reachable (the server log says why)") from exc
 
     def embed(
-        self, backend: Backend, data: bytes, box: tuple[float, float, float, float] | None = None
+        self,
+        backend: Backend,
+        data: bytes,
+        box: tuple[float, float, float, float] | None = None,
+        with_regions: bool = False,
     ) -> ImageQuery:
-        """The query of an uploaded image, or of its ``box`` part: its vector and its regions'
-        (``DecodeError`` for anything but an image)."""
+        """The query of an uploaded image, or of its ``box`` part: its vector, and its regions'
+        when asked (``DecodeError`` for anything but an image)."""
         started = time.perf_counter()
         try:
-            return analyse_image(data, backend.embedder, self.settings, box)
+            return analyse_image(data, backend.embedder, self.settings, box, with_regions)
         finally:
             self.metrics.embed_seconds.observe(time.perf_counter() - started)
 

@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
 from pipeline.document import AssetDocument
-from pipeline.search import SearchRequest, SearchResponse
+from pipeline.search import SearchRequest, SearchResponse, ranks_query_regions
 from pipeline.settings import Settings
 from pipeline.store.base import StoreError
 from search_api import media
@@ -187,7 +187,12 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep) -> 
         backend = await run_in_threadpool(engine.backend)
         request_ = options.to_request()
         image = await anyio.to_thread.run_sync(
-            engine.embed, backend, data, options.box, limiter=request.app.state.image_limiter
+            engine.embed,
+            backend,
+            data,
+            options.box,
+            ranks_query_regions(request_),
+            limiter=request.app.state.image_limiter,
         )
         response = await _timed(engine, backend.searcher.search_image, request_, image)
         return _result(response, request_, "image", backend, started)
@@ -201,7 +206,7 @@ async def search(request: Request, engine: EngineDep, settings: SettingsDep) -> 
             except ValueError as exc:
                 raise _invalid(("body", "vector"), str(exc)) from None
         if query.asset_id:
-            response = await _similar(request, engine, query.asset_id, request_, query.box)
+            response = await _similar(request, engine, backend, query.asset_id, request_, query.box)
             return _result(response, request_, "asset", backend, started)
         kind = "vector" if query.vector else "text" if request_.text else "filters"
     else:
@@ -243,7 +248,7 @@ async def similar(
     started = time.perf_counter()
     backend = await run_in_threadpool(engine.backend)
     request_ = options.to_request()
-    response = await _similar(request, engine, asset_id, request_, options.box)
+    response = await _similar(request, engine, backend, asset_id, request_, options.box)
     return _result(response, request_, "asset", backend, started)
 
 
@@ -450,20 +455,25 @@ async def _document(engine: SearchEngine, asset_id: str) -> AssetDocument:
 
 async def _similar(
     request: Request,
-    engine: EngineDep,
+    engine: SearchEngine,
+    backend: Backend,
     asset_id: str,
     request_: SearchRequest,
     box: tuple[float, float, float, float] | None,
 ) -> SearchResponse:
     """More like an indexed asset, or like the ``box`` part of its image (read from its file,
     as ``GET /assets/{id}/image`` serves it), the asset itself left out."""
-    backend = await run_in_threadpool(engine.backend)
     if box is None:
         return await _timed(engine, backend.searcher.similar, asset_id, request_)
     doc = await _document(engine, asset_id)
     data = await run_in_threadpool(media.image_bytes, doc, engine.settings)
     image = await anyio.to_thread.run_sync(
-        engine.embed, backend, data, box, limiter=request.app.state.image_limiter
+        engine.embed,
+        backend,
+        data,
+        box,
+        ranks_query_regions(request_),
+        limiter=request.app.state.image_limiter,
     )
     request_.exclude_ids.append(asset_id)
     return await _timed(engine, backend.searcher.search_image, request_, image)

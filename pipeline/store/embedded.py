@@ -662,8 +662,6 @@ def _document(row: dict[str, Any]) -> AssetDocument:
     values = from_row(row, FIELDS)
     if values.get("embedding") is not None:
         values["embedding"] = list(values["embedding"])
-    if values.get("regions") is None:
-        values.pop("regions", None)
     return AssetDocument.model_validate(values)
 
 
