@@ -349,8 +349,11 @@ def ranks_query_regions(request: SearchRequest) -> bool:
 
 def _legs(request: SearchRequest) -> list[tuple[list[float], bool]]:
     """The vector searches a request needs, as (query vector, over the documents' regions):
-    the whole query first, then the region directions its mode asks for."""
-    vector = request.vector or []
+    the whole query first, then the region directions its mode asks for; none without a
+    query vector (a text or filter search ranks no vectors, whatever its mode)."""
+    if request.vector is None:
+        return []
+    vector = request.vector
     legs = [(vector, False)]
     if request.regions in ("library", "both"):
         legs.append((vector, True))

@@ -309,6 +309,20 @@ def test_region_modes_rank_by_the_best_leg_and_name_the_region(
     assert sides <= {"library", "query"} and (mode == "both" or sides == {mode})
 
 
+@pytest.mark.parametrize("mode", ["library", "both"])
+def test_text_and_filter_searches_ignore_the_region_mode(library, documents, mode: str) -> None:
+    """Without a query vector there is nothing to rank by region: the same hits as with
+    regions off, and no region on any of them."""
+    for request in (
+        {"labels_all": [LabelFilter(name="Cat")], "k": 5},
+        {"text": "galaxies", "k": 5},
+    ):
+        off = library.search(SearchRequest(**request)).hits
+        got = library.search(SearchRequest(regions=mode, **request)).hits
+        assert [h.id for h in got] == [h.id for h in off] and off
+        assert all(h.region is None for h in got)
+
+
 def test_paging_splits_one_ranking(library, documents) -> None:
     store = library
     vector = by_title(documents, "Chelsea the cat").embedding
