@@ -33,8 +33,9 @@ from pipeline.library import Library
 from pipeline.search import LabelFilter, Searcher, SearchRequest, similarity
 from pipeline.settings import Settings
 from pipeline.store.base import BulkWriteError, DocumentIndex
-from pipeline.store.cluster import create_body, log_templates, plain_body, runs_index
-from pipeline.store.embedded import FIELDS, arrow_schema
+from pipeline.store.cluster import FIELDS as CLUSTER_FIELDS
+from pipeline.store.cluster import create_body, log_templates, plain_body, runs_index, to_source
+from pipeline.store.embedded import FIELDS, arrow_schema, to_row
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ["embedded", "opensearch", "elasticsearch"]
@@ -568,3 +569,50 @@ def test_one_percent_filter_returns_k_exact_hits_then_the_alias_moves_and_back(
     assert lib.catalogue.active() == library.index.model_id
     with pytest.raises(ValueError, match="no index for"):
         lib.catalogue.switch("never-ingested@1")
+
+
+@pytest.mark.parametrize("store_kind", KINDS)
+def test_an_index_from_before_region_search_takes_documents_with_regions(
+    store_kind: str, request: pytest.FixtureRequest, tmp_path: Path, documents
+) -> None:
+    """A table or index written before region vectors existed (no regions column or field,
+    a strict mapping on the clusters) gets them on first use: its documents stay readable with
+    no regions, and new documents are written with theirs."""
+    old, new = list(documents.values())[:2]
+    model_id = f"{old.model}@{old.model_version}"
+    dim = len(old.embedding or ())
+    if store_kind == "embedded":
+        settings = Settings(home=tmp_path, table="upgrade")
+    else:
+        settings = request.getfixturevalue(f"{store_kind}_node").settings(tmp_path, table="upgrade")
+    with Library.open(settings) as library:
+        backend = library.backend
+        index = library.index(model_id)
+        before = tuple(f for f in FIELDS if f.kind != "regions")
+        if store_kind == "embedded":
+            schema = arrow_schema(before, dim).with_metadata({"model_id": model_id})
+            rows = [to_row(old.model_copy(update={"regions": []}), before)]
+            backend.db.create_table(index.name, data=rows, schema=schema)
+        else:
+            drop = lambda: backend.client.indices.delete(index=index.name, ignore=[404])  # noqa: E731
+            drop()
+            body = create_body(backend.asset_template(settings, dim), model_id=model_id)
+            del body["mappings"]["properties"]["regions"]
+            backend.create(index.name, body)
+            backend.client.index(
+                index=index.name,
+                id=old.id,
+                body=to_source(
+                    old.model_copy(update={"regions": []}),
+                    tuple(f for f in CLUSTER_FIELDS if f.kind != "regions"),
+                ),
+                refresh=True,
+            )
+        assert index.upsert([new]) == 1
+        index.optimize()
+        got = index.get([old.id, new.id], with_embedding=True)
+        assert got[old.id].regions == [] and len(got[new.id].regions) == 29
+        vector = new.regions[0].embedding
+        assert index.knn(vector, None, 2, regions=True).scored[0][0] == new.id
+        if store_kind != "embedded":
+            drop()

@@ -825,22 +825,39 @@ class ClusterIndex(DocumentIndex):
 
     @reported
     def ensure(self, dim: int) -> None:
-        if self._dimension is None:
-            try:
-                mapping = plain_body(self.client.indices.get_mapping(index=self.name))
-            except self.backend.not_found:
-                asset_template = self.backend.asset_template(self.settings, dim)
-                body = create_body(asset_template, model_id=self.model_id)
-                self.backend.create(self.name, body)
-                self._dimension = dim
-            else:
-                found = next(iter(mapping.values()))["mappings"].get("_meta", {})
-                self._dimension = int(found["dimension"])
+        if self._read_mapping() is None:
+            asset_template = self.backend.asset_template(self.settings, dim)
+            body = create_body(asset_template, model_id=self.model_id)
+            self.backend.create(self.name, body)
+            self._dimension = dim
         if self._dimension != dim:
             raise ValueError(
                 f"index {self.name!r} holds {self._dimension}-d vectors, the model gives "
                 f"{dim}-d; use a new index (model version) instead of mixing them"
             )
+
+    def _read_mapping(self) -> int | None:
+        """The existing index's vector dimension, read once (``None``: no index yet); an index
+        from before region search gets its ``regions`` field on the way."""
+        if self._dimension is None:
+            try:
+                mapping = plain_body(self.client.indices.get_mapping(index=self.name))
+            except self.backend.not_found:
+                return None
+            mappings = next(iter(mapping.values()))["mappings"]
+            self._dimension = int(mappings.get("_meta", {})["dimension"])
+            if "regions" not in mappings.get("properties", {}):
+                self._add_regions(self._dimension)
+        return self._dimension
+
+    def _add_regions(self, dim: int) -> None:
+        """Indexes created before region search have no ``regions`` field, and their strict
+        mapping would refuse every new document: add the field (a new field is a mapping
+        update, no reindex). Their documents have no regions until they are re-embedded."""
+        log.warning("adding the regions field to the index %s", self.name)
+        template = self.backend.asset_template(self.settings, dim)
+        regions = template["template"]["mappings"]["properties"]["regions"]
+        self.client.indices.put_mapping(index=self.name, body={"properties": {"regions": regions}})
 
     @reported
     def optimize(self) -> None:
@@ -855,7 +872,7 @@ class ClusterIndex(DocumentIndex):
             return 0
         if any(d.embedding is None for d in docs):
             raise ValueError("documents must carry their embedding to be indexed")
-        if not self.exists():
+        if self._read_mapping() is None:
             self.ensure(len(docs[0].embedding or ()))
         return self.backend.bulk(
             [index_action(self.name, d.id, to_source(d, FIELDS)) for d in docs]
