@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PIL import Image
 
 from benchmarks.common import console, track
@@ -54,6 +55,18 @@ class CategoryConfig:
 
 
 @dataclass(frozen=True)
+class SceneConfig:
+    """Multi-object scenes: 2-4 Tux Paint cut-outs in one photo, each with its own reference."""
+
+    seed: int = 0
+    canvas: tuple[int, int] = (1024, 768)
+    objects: tuple[int, int] = (2, 4)  # per scene, inclusive
+    fill: tuple[float, float] = (0.6, 0.95)  # of its quarter of the scene's shorter side
+    reference_size: int = 320
+    max_stamps: int | None = None  # tiny configurations for tests
+
+
+@dataclass(frozen=True)
 class LibraryConfig:
     """A camera-like library for throughput: JPEGs from 0.8 to 12 megapixels."""
 
@@ -75,8 +88,18 @@ class Manifest:
         return [self.root / item["path"] for item in self.items[part]]
 
 
+def junk(queries: list[dict[str, Any]], references: list[dict[str, Any]]) -> np.ndarray:
+    """``(queries, references)`` bool: references that are right answers too, besides the
+    query's target, so they count neither for nor against it (the "junk" images of the Oxford
+    and Paris benchmarks). A photo inset into another also shows that other photo, and every
+    distractor cut from the same photo is in the library: finding it first is not a mistake."""
+    shown = np.array([q.get("background", "") for q in queries])
+    sources = np.array([r.get("background", "") for r in references])
+    return (shown[:, None] == sources[None, :]) & (shown[:, None] != "")
+
+
 # Part of every cache key: bump it when a change to the build code changes the files.
-BUILD_VERSION = 1
+BUILD_VERSION = 2
 
 
 def _config_hash(kind: str, config: Any) -> str:
@@ -160,11 +183,14 @@ def build_near_dup(root: Path, config: NearDupConfig) -> Manifest:
         refs.append({"id": ref_id, "path": path, "kind": "original", "name": photo.name})
         for edit_name in config.edits:
             edit = EDITS[edit_name]
-            other = random_crop(cache.get(rng.choice(background_photos)), rng, 0.5)
+            background = rng.choice(background_photos)
+            other = random_crop(cache.get(background), rng, 0.5)
             copy = edit.apply(image, random.Random(rng.random()), other)
             path = f"queries/{len(queries):05d}.jpg"
             copy.save(root / path, quality=edit.quality)
             queries.append({"path": path, "target": ref_id, "edit": edit_name, "natural": None})
+            if edit.shows_other:
+                queries[-1]["background"] = background.name
     if config.natural_pairs:
         for pair in pool.pairs:
             if pair.target not in names:
@@ -181,8 +207,8 @@ def build_near_dup(root: Path, config: NearDupConfig) -> Manifest:
                 }
             )
     for i in track(range(config.distractors), "near-dup: distractors"):
-        background = cache.get(rng.choice(background_photos))
-        crop = random_crop(background, rng, rng.uniform(0.1, 0.6))
+        background = rng.choice(background_photos)
+        crop = random_crop(cache.get(background), rng, rng.uniform(0.1, 0.6))
         size = rng.choice(((640, 480), (800, 600), (480, 640), (1024, 768)))
         if stamps:
             stamp = rng.choice(stamps)
@@ -191,7 +217,14 @@ def build_near_dup(root: Path, config: NearDupConfig) -> Manifest:
             image = jitter(crop.resize(size, Image.Resampling.BILINEAR), rng)
         path = f"refs/{len(refs):05d}.jpg"
         image.save(root / path, quality=90)
-        refs.append({"id": f"distractor/{i:05d}", "path": path, "kind": "distractor"})
+        refs.append(
+            {
+                "id": f"distractor/{i:05d}",
+                "path": path,
+                "kind": "distractor",
+                "background": background.name,
+            }
+        )
     manifest = Manifest(
         root, asdict(config), {"references": refs, "queries": queries}, skipped=skipped
     )
@@ -224,6 +257,59 @@ def build_category(root: Path, config: CategoryConfig) -> Manifest:
         composite(stamp.load(), background, rng, size).save(root / path, quality=90)
         items.append(_stamp_item(stamp, path))
     manifest = Manifest(root, asdict(config), {"items": items}, skipped=dict(pool.skipped))
+    return _write_manifest(root, digest, manifest)
+
+
+def build_scenes(root: Path, config: SceneConfig) -> Manifest:
+    """Build (or reuse) the multi-object scene set; raises ``SourceUnavailable`` without Tux
+    Paint.
+
+    Every stamp appears in exactly one scene. Its reference is the cut-out alone on a plain
+    light background (a catalogue shot); in its scene it shares a photo with 1-3 others, one
+    per quarter of the frame so that none covers another, at 0.6-0.95 of its quarter (about a
+    third to a half of the scene's shorter side), randomly mirrored."""
+    digest = _config_hash("scenes", config)
+    if (manifest := _cached(root, digest)) is not None:
+        return manifest
+    stamps = tuxpaint_stamps()
+    if config.max_stamps is not None and len(stamps) > config.max_stamps:
+        stamps = stamps[:: max(1, len(stamps) // config.max_stamps)][: config.max_stamps]
+    _fresh(root, "refs", "scenes")
+    pool = photo_pool()
+    backgrounds = [*pool.photos, *pool.backgrounds]
+    cache = _PhotoCache(1024)
+    rng = random.Random(config.seed)
+    order = list(range(len(stamps)))
+    rng.shuffle(order)
+    refs: list[dict[str, Any]] = []
+    scenes: list[dict[str, Any]] = []
+    width, height = config.canvas
+    quarters = [(x, y) for y in (0, height // 2) for x in (0, width // 2)]
+    groups = []
+    while order:
+        count = min(len(order), rng.randint(*config.objects))
+        groups.append(order[:count])
+        order = order[count:]
+    for members in track(groups, "scenes: references and scenes"):
+        photo = random_crop(cache.get(rng.choice(backgrounds)), rng, rng.uniform(0.2, 0.6))
+        scene = photo.convert("RGB").resize(config.canvas, Image.Resampling.BILINEAR)
+        path = f"scenes/{len(scenes):05d}.jpg"
+        for index, (x, y) in zip(members, rng.sample(quarters, len(members)), strict=True):
+            stamp = stamps[index].load()
+            box = (x, y, x + width // 2, y + height // 2)
+            part = composite(stamp, scene.crop(box), rng, (width // 2, height // 2), config.fill)
+            scene.paste(part, box[:2])
+            ref_path = f"refs/{index:05d}.jpg"
+            plain = Image.new("RGBA", stamp.size, (235, 235, 235, 255))
+            plain.alpha_composite(stamp)
+            fit(plain.convert("RGB"), config.reference_size).save(root / ref_path, quality=92)
+            refs.append({**_stamp_item(stamps[index], ref_path), "scene": path})
+        scene.save(root / path, quality=90)
+        scenes.append({"path": path, "objects": [f"refs/{i:05d}.jpg" for i in members]})
+    refs.sort(key=lambda r: r["path"])
+    manifest = Manifest(
+        root, asdict(config), {"references": refs, "scenes": scenes}, skipped=dict(pool.skipped)
+    )
     return _write_manifest(root, digest, manifest)
 
 

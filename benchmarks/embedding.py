@@ -9,6 +9,7 @@ which a rebuild wipes, and its key is the model id and the file list.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -46,14 +47,22 @@ def embed_files(
     return out
 
 
+def memoised(
+    cache_dir: Path, key: list[str], compute: Callable[[], tuple[np.ndarray, ...]]
+) -> tuple[np.ndarray, ...]:
+    """``compute()``'s arrays, saved in ``cache_dir`` under a hash of ``key`` (the model id
+    and the file list, say) and loaded from there next time."""
+    digest = hashlib.sha256("\n".join(key).encode()).hexdigest()[:16]
+    cache = cache_dir / f"arrays-{digest}.npz"
+    if cache.is_file():
+        with np.load(cache) as saved:
+            return tuple(saved[f"arr_{i}"] for i in range(len(saved.files)))
+    arrays = compute()
+    np.savez(cache, *arrays)
+    return arrays
+
+
 def cached_embeddings(paths: list[Path], embedder: Embedder, cache_dir: Path) -> np.ndarray:
     """:func:`embed_files`, memoised in ``cache_dir`` by model id and file list."""
-    key = hashlib.sha256("\n".join([embedder.model_id, *map(str, paths)]).encode()).hexdigest()
-    cache = cache_dir / f"embeddings-{key[:16]}.npy"
-    if cache.is_file():
-        vectors = np.load(cache)
-        if vectors.shape == (len(paths), embedder.spec.dim):
-            return vectors
-    vectors = embed_files(paths, embedder)
-    np.save(cache, vectors)
-    return vectors
+    key = ["embeddings", embedder.model_id, *map(str, paths)]
+    return memoised(cache_dir, key, lambda: (embed_files(paths, embedder),))[0]

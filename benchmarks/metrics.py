@@ -18,11 +18,24 @@ from dataclasses import dataclass
 import numpy as np
 
 
-def target_ranks(queries: np.ndarray, references: np.ndarray, targets: np.ndarray) -> np.ndarray:
+def ranks_in(scores: np.ndarray, targets: np.ndarray, junk: np.ndarray | None = None) -> np.ndarray:
+    """0-based rank of each query's target in its row of ``(queries, references)`` scores;
+    references marked in ``junk`` (right answers too, :func:`benchmarks.datasets.junk`) are
+    left out of the ranking."""
+    above = scores > scores[np.arange(len(scores)), targets][:, None]
+    if junk is not None:
+        above &= ~junk
+    return above.sum(axis=1)
+
+
+def target_ranks(
+    queries: np.ndarray,
+    references: np.ndarray,
+    targets: np.ndarray,
+    junk: np.ndarray | None = None,
+) -> np.ndarray:
     """0-based rank of each query's target among the references (by dot product)."""
-    sims = queries @ references.T
-    target_sims = sims[np.arange(len(queries)), targets]
-    return (sims > target_sims[:, None]).sum(axis=1)
+    return ranks_in(queries @ references.T, targets, junk)
 
 
 def recall_at(ranks: np.ndarray, k: int) -> float:
@@ -50,8 +63,18 @@ def category_metrics(
     every item stays in the index either way. Queries with no other same-label item are
     skipped, since no ranking can be right for them.
     """
+    return category_scores(vectors @ vectors.T, labels, query_mask, ks)
+
+
+def category_scores(
+    sims: np.ndarray,
+    labels: Sequence[str],
+    query_mask: np.ndarray | None = None,
+    ks: Sequence[int] = (1, 5, 10),
+) -> CategoryScores:
+    """:func:`category_metrics` from an ``(items, items)`` similarity matrix (any scoring)."""
     labels_arr = np.asarray(labels)
-    sims = vectors @ vectors.T
+    sims = sims.astype(np.float32, copy=True)
     np.fill_diagonal(sims, -np.inf)
     same = labels_arr[:, None] == labels_arr[None, :]
     np.fill_diagonal(same, False)

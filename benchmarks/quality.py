@@ -32,6 +32,7 @@ from benchmarks.datasets import (
     NearDupConfig,
     build_category,
     build_near_dup,
+    junk,
 )
 from benchmarks.embedding import cached_embeddings
 from benchmarks.metrics import category_metrics, paired_difference, recall_at, target_ranks
@@ -54,13 +55,14 @@ class _NearDup:
         self.queries = cached_embeddings(manifest.paths("queries"), embedder, manifest.root)
         index = {r["id"]: i for i, r in enumerate(refs)}
         self.targets = np.array([index[q["target"]] for q in queries])
+        self.junk = junk(queries, refs)
         self.natural = np.array([q["natural"] is not None for q in queries])
         self.groups = [q["natural"] or q["edit"] for q in queries]
 
     def evaluate(self, project: Projection | None) -> dict[str, Any]:
         refs = project(self.refs) if project else self.refs
         queries = project(self.queries) if project else self.queries
-        ranks = target_ranks(queries, refs, self.targets)
+        ranks = target_ranks(queries, refs, self.targets, self.junk)
         by_group: dict[str, list[int]] = defaultdict(list)
         for rank, group in zip(ranks, self.groups, strict=True):
             by_group[group].append(int(rank))

@@ -113,7 +113,9 @@ class Embedder:
         self._network = model  # what runs: the model, plus the feature map for regions
         self._pooling: tf.Tensor | None = None
         self.region_boxes = np.zeros((0, 4), np.float32)
+        self.region_levels = 0
         if region_levels > 0 and spec.region_layer is not None:
+            self.region_levels = region_levels
             feature_map = model.get_layer(spec.region_layer).input
             size = int(feature_map.shape[1])
             self._network = keras.Model(model.input, [*model.outputs, feature_map])
@@ -154,6 +156,25 @@ class Embedder:
         boxes = regions.to_image(self.region_boxes, window)
         return [
             Region(box=box, embedding=v.tolist()) for box, v in zip(boxes, vectors, strict=True)
+        ]
+
+    def cut_regions(self, image: Image.Image, batch_size: int = 32) -> list[Region]:
+        """A query image's regions: each box of the R-MAC layout (:func:`regions.layout`) cut
+        out of ``image`` and embedded as a whole image, so that its vector sees nothing around
+        it (better than pooling, and affordable for one image); none without region levels."""
+        boxes = regions.layout(self.region_levels) if self.region_levels else ()
+        if not boxes:
+            return []
+        crops = [self.preprocess(image.crop(regions.pixel_box(b, *image.size))) for b in boxes]
+        vectors = np.concatenate(
+            [
+                self.predict(np.stack(crops[start : start + batch_size])).embeddings
+                for start in range(0, len(crops), batch_size)
+            ]
+        )
+        return [
+            Region(box=tuple(round(v, 4) for v in box), embedding=vector.tolist())
+            for box, vector in zip(boxes, vectors, strict=True)
         ]
 
     def predict(self, batch: np.ndarray) -> Prediction:

@@ -12,6 +12,13 @@ level ``l`` (2, 3, ...) has ``l x l`` square regions of side ``2 * size / (l + 1
 spread evenly so neighbours overlap by about 40 %. Level 1 (the whole map) is the global vector
 itself. Three levels (2-4) give 4 + 9 + 16 = 29 regions from half to two-fifths of the side.
 
+A query is one image, so its regions can afford better than pooling: each region of the same
+layout, in fractions of the whole image (:func:`layout`, not rounded to cells nor limited to
+the model's centre crop), is cut out and embedded as an image of its own (``Embedder.cut_regions``:
+29 forward passes, about half a second here). A cut-out region's vector sees none of its
+surroundings, which a pooled one does through the receptive field: on the inset benchmark this
+lifts "what in my library appears in this photo" from R@1 0.65 (pooled) to 0.91.
+
 Boxes are ``(x, y, w, h)`` fractions: on the model input (the centre crop) from the grid, and on
 the upright image after :func:`crop_window`, which is what documents store and the API returns.
 """
@@ -36,6 +43,18 @@ def grid(size: int, levels: int) -> tuple[tuple[int, int, int], ...]:
         steps = [int(i * (size - side) / (level - 1) + 0.5) for i in range(level)]
         regions += [(row, col, side) for row in steps for col in steps]
     return tuple(dict.fromkeys(regions))  # a small map can repeat a region: keep it once
+
+
+@lru_cache(maxsize=16)
+def layout(levels: int) -> tuple[Box, ...]:
+    """The same R-MAC levels as :func:`grid`, as exact fractions of an image: level ``l`` has
+    ``l x l`` squares of side ``2 / (l + 1)`` spread evenly from edge to edge."""
+    boxes: list[Box] = []
+    for level in range(2, levels + 2):
+        side = 2 / (level + 1)
+        steps = [i * (1 - side) / (level - 1) for i in range(level)]
+        boxes += [(x, y, side, side) for y in steps for x in steps]
+    return tuple(boxes)
 
 
 def pooling_matrix(size: int, levels: int) -> np.ndarray:

@@ -503,8 +503,16 @@ def analyse_image(
             within = box
     prediction = embedder.predict(embedder.preprocess(image)[None])
     query_regions = []
-    if with_regions and prediction.regions is not None:
-        found = embedder.regions_of(prediction.regions[0], image.width, image.height)
+    if with_regions and embedder.region_levels:
+        # decoded again with enough pixels for the smallest region (the first decode stays as
+        # ingestion's, so the whole-image vector is the one the library holds)
+        smallest = min(b[2] for b in regions.layout(embedder.region_levels))
+        fine = decode_image(
+            data, max_pixels=settings.max_image_pixels, min_size=math.ceil(min_size / smallest)
+        ).image
+        if within != (0.0, 0.0, 1.0, 1.0):
+            fine = fine.crop(regions.pixel_box(within, fine.width, fine.height))
+        found = embedder.cut_regions(fine)
         # boxes on the (cropped) image, as boxes on the whole image
         boxes = regions.to_image(np.array([r.box for r in found], np.float64), within)
         query_regions = [

@@ -193,3 +193,36 @@ def test_store_benchmark_tiny(tmp_path: Path) -> None:
     )
     saved = json.loads(out.read_text())
     assert saved["machine"]["nproc"] >= 1 and saved["sizes"][0]["documents"] == 1500
+
+
+def test_junk_references_count_neither_for_nor_against() -> None:
+    from benchmarks.datasets import junk
+    from benchmarks.metrics import ranks_in
+
+    queries = [{"background": "a.jpg"}, {}]
+    refs = [{"kind": "original"}, {"background": "a.jpg"}, {"background": "b.jpg"}]
+    ignore = junk(queries, refs)
+    assert ignore.tolist() == [[False, True, False], [False, False, False]]
+    scores = np.array([[0.5, 0.9, 0.1], [0.5, 0.9, 0.1]])
+    assert ranks_in(scores, np.array([0, 0])).tolist() == [1, 1]
+    assert ranks_in(scores, np.array([0, 0]), ignore).tolist() == [0, 1]
+
+
+def test_multi_object_scenes_tiny(embedder, tmp_path: Path) -> None:
+    """Every stamp sits in exactly one scene with one to three others, and the region
+    benchmark scores both directions on them."""
+    if not sources.TUXPAINT_DIR.is_dir():
+        pytest.skip("needs the Debian package tuxpaint-stamps-default (installed by .ci/run)")
+    from benchmarks.datasets import SceneConfig, build_scenes
+    from benchmarks.regions import MODES, scenes
+
+    config = SceneConfig(max_stamps=7, objects=(2, 3))
+    manifest = build_scenes(tmp_path / "scenes", config)
+    refs, items = manifest.items["references"], manifest.items["scenes"]
+    assert len(refs) == 7 and all(2 <= len(s["objects"]) <= 3 for s in items[:-1])
+    placed = [o for s in items for o in s["objects"]]
+    assert sorted(placed) == sorted(r["path"] for r in refs), "each stamp in one scene"
+    result = scenes(tmp_path, embedder, config)
+    for mode in MODES:
+        for row in ("scene -> objects", "object -> scene"):
+            assert 0.0 <= result[mode][row]["R@1"] <= result[mode][row]["R@10"] == 1.0

@@ -414,3 +414,31 @@ def test_region_vectors_come_from_the_same_pass_and_see_their_part(embedder) -> 
     assert similarity[lefts].max() > similarity[rights].max() + 0.2
     unchanged = embedder.predict(embedder.preprocess(cat)[None]).embeddings[0]
     assert np.allclose(unchanged, both.embeddings[1], atol=1e-5), "globals are as before"
+
+
+def test_the_query_layout_is_the_grid_in_exact_fractions() -> None:
+    layout = regions.layout(3)
+    assert len(layout) == len(regions.grid(7, 3)) == 29
+    assert {round(w, 4) for _, _, w, _ in layout} == {0.6667, 0.5, 0.4}
+    assert all(
+        x >= 0 and y >= 0 and x + w <= 1 + 1e-9 and y + h <= 1 + 1e-9 for x, y, w, h in layout
+    )
+    assert (0.0, 0.0) in {(x, y) for x, y, _, _ in layout}
+    assert any(abs(x + w - 1) < 1e-9 and abs(y + h - 1) < 1e-9 for x, y, w, h in layout)
+    assert regions.layout(0) == ()
+
+
+def test_cut_out_regions_see_nothing_around_them(embedder) -> None:
+    """The cat in the top left quarter of a grey wall, as a query: the cut-out region that is
+    that quarter is almost the cat's own embedding; a pooled region sees the wall too."""
+    cat = Image.fromarray(skimage.data.chelsea()).resize((384, 384))
+    scene = Image.new("RGB", (768, 768), (128, 128, 128))
+    scene.paste(cat, (0, 0))
+    own = embedder.predict(embedder.preprocess(cat)[None]).embeddings[0]
+    cut = embedder.cut_regions(scene)
+    assert [r.box for r in cut] == [tuple(round(v, 4) for v in b) for b in regions.layout(3)]
+    similarity = np.array([r.embedding for r in cut]) @ own
+    best = cut[int(similarity.argmax())].box
+    assert similarity.max() > 0.95 and best == (0.0, 0.0, 0.5, 0.5), best
+    pooled = embedder.predict(embedder.preprocess(scene)[None]).regions[0] @ own
+    assert similarity.max() > pooled.max() + 0.05, "better than pooling"

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from PIL import Image
 from support import CAT_COPIES, serving
 
 from pipeline.ingest import ingest
@@ -151,3 +152,38 @@ def test_label_chip_and_region_crop_narrow_the_search(page, sample_manifest: Pat
     wait_for_heading(page, "Similar images")
     assert set(result_stems(page)) == CAT_COPIES
     assert page.locator("#grid .card .tag.matched").first.text_content().startswith("Cat ")
+
+
+def test_region_search_finds_the_cat_inside_a_photo_and_draws_where(
+    page, sample_manifest: Path, tmp_path: Path
+) -> None:
+    """The cat pasted small into the grass photo: asked what of the library is in it (the
+    page sends `regions`), the cat comes right after the grass, and hovering its card draws
+    the matched part on the query image."""
+    originals = sample_manifest.parent / "originals"
+    with Image.open(originals / "grass.png") as grass, Image.open(originals / "chelsea.jpg") as cat:
+        scene = grass.convert("RGB").resize((900, 600))
+        scene.paste(cat.convert("RGB").resize((240, 160)), (620, 400))
+    scene.save(tmp_path / "scene.jpg", quality=92)
+    page.set_input_files("#file", tmp_path / "scene.jpg")
+    wait_for_heading(page, "Similar images")
+    assert result_stems(page)[0] not in CAT_COPIES, "the whole scene looks like grass"
+    with page.expect_response(lambda r: r.url.endswith("/search")) as answered:
+        page.select_option("#regions", "query")
+    hits = answered.value.json()["hits"]
+    wait_for_heading(page, "Similar images")
+    found = result_stems(page)
+    # the grass itself is in the library and in the photo; the cat comes right after it
+    assert found[0] == "grass" and found[1] in CAT_COPIES, found
+    assert hits[1]["region"]["side"] == "query", hits[1]
+    cat = page.locator("#grid .card").nth(1)
+    assert "in your image" in cat.locator(".why").text_content()
+    cat.hover()
+    mark = page.locator("#match")
+    assert mark.is_visible()
+    img, drawn = page.locator("#query-img").bounding_box(), mark.bounding_box()
+    assert img and drawn
+    centre = (drawn["x"] + drawn["width"] / 2 - img["x"]) / img["width"]
+    assert centre > 0.5, "the matched part is on the cat's side of the photo"
+    page.locator("#heading").hover()
+    assert not mark.is_visible()

@@ -13,6 +13,7 @@ const state = {
   labels: new Map(), // label name -> "all" | "none"
   minConfidence: 50,
   vectorWeight: 0.5,
+  regions: "off", // region search mode (API `regions`)
   offset: 0,
   apiKey: null,
 };
@@ -72,6 +73,7 @@ async function buildRequest() {
   };
   const box = await queryBox();
   if (box) common.box = box;
+  if (state.source && state.regions !== "off") common.regions = state.regions;
   if (state.source && state.source.kind === "file") {
     const form = new FormData();
     form.append("image", state.source.blob, "query.jpg");
@@ -133,11 +135,10 @@ function render(result, append) {
   $("heading").textContent = kind;
   $("model").textContent = result.model;
   const count = total != null && result.query === "filters" ? `${shown} of ${total}` : `${shown}`;
-  setStatus(
-    shown
-      ? `${count} result${shown === 1 ? "" : "s"} · ${Math.round(result.took_ms)} ms`
-      : "Nothing matches these filters.",
-  );
+  const summary = shown
+    ? `${count} result${shown === 1 ? "" : "s"} · ${Math.round(result.took_ms)} ms`
+    : "Nothing matches these filters.";
+  setStatus(result.note ? `${summary} · ${result.note}` : summary);
   $("more").hidden = result.next_offset == null;
   state.offset = result.next_offset ?? state.offset;
 }
@@ -164,7 +165,52 @@ function card(template, hit, kind) {
     labels.append(chip);
   }
   node.querySelector(".thumb").addEventListener("click", () => moreLikeThis(hit));
+  showRegion(node, hit.region);
   return node;
+}
+
+// Where a region hit matched: a box on the hit's thumbnail ("library": the query was found
+// inside this image), or on the query image while the card is hovered ("query": this image
+// was found inside the query).
+function showRegion(node, region) {
+  if (!region) return;
+  if (region.side === "library") {
+    const img = node.querySelector(".thumb img");
+    const mark = node.querySelector(".thumb .match");
+    const place = () => {
+      // the thumbnail is letterboxed (object-fit: contain): place the box on the picture
+      const thumb = img.parentElement;
+      const scale = Math.min(thumb.clientWidth / img.naturalWidth, thumb.clientHeight / img.naturalHeight);
+      const [w, h] = [img.naturalWidth * scale, img.naturalHeight * scale];
+      const [ox, oy] = [(thumb.clientWidth - w) / 2, (thumb.clientHeight - h) / 2];
+      const [x, y, bw, bh] = region.box;
+      Object.assign(mark.style, {
+        left: `${((ox + x * w) / thumb.clientWidth) * 100}%`,
+        top: `${((oy + y * h) / thumb.clientHeight) * 100}%`,
+        width: `${((bw * w) / thumb.clientWidth) * 100}%`,
+        height: `${((bh * h) / thumb.clientHeight) * 100}%`,
+      });
+      mark.hidden = false;
+    };
+    if (img.complete && img.naturalWidth) place();
+    else img.addEventListener("load", place, { once: true });
+  } else {
+    const show = (on) => {
+      const mark = $("match");
+      mark.hidden = !on;
+      if (!on) return;
+      const img = $("query-img");
+      const [x, y, w, h] = region.box;
+      Object.assign(mark.style, {
+        left: `${img.offsetLeft + x * img.clientWidth}px`,
+        top: `${img.offsetTop + y * img.clientHeight}px`,
+        width: `${w * img.clientWidth}px`,
+        height: `${h * img.clientHeight}px`,
+      });
+    };
+    node.addEventListener("mouseenter", () => show(true));
+    node.addEventListener("mouseleave", () => show(false));
+  }
 }
 
 // Why it matched: the component scores, in words (matched labels are the green tags).
@@ -172,6 +218,10 @@ function why(hit) {
   const parts = [];
   if (hit.vector_score != null) parts.push(part("looks", hit.vector_score.toFixed(2), "Cosine similarity of the image embeddings"));
   if (hit.text_score != null) parts.push(part("text", hit.text_score.toFixed(1), "BM25 relevance of title, description and keywords"));
+  if (hit.region) {
+    const where = hit.region.side === "library" ? "in this image" : "in your image";
+    parts.push(part("part", where, "A part of an image matched (the box shows which)"));
+  }
   return parts;
 }
 
@@ -380,6 +430,7 @@ function toggleLabel(chip, name) {
 
 function updateWeightRow() {
   $("weight-row").hidden = !(state.source && state.text);
+  $("regions-row").hidden = !state.source;
 }
 
 // -- wiring -------------------------------------------------------------------------------------
@@ -437,6 +488,10 @@ function setup() {
     state.vectorWeight = Number(e.target.value);
     $("weight-out").textContent = `${Math.round(state.vectorWeight * 100)} %`;
     later();
+  });
+  $("regions").addEventListener("change", (e) => {
+    state.regions = e.target.value;
+    search();
   });
   $("clear-crop").addEventListener("click", () => {
     setCrop(null);
