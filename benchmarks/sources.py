@@ -27,10 +27,39 @@ from PIL import Image
 OPENCV_DIR = Path("/usr/share/doc/opencv-doc/examples/data")
 WALLPAPER_DIR = Path("/usr/share/wallpapers")
 TUXPAINT_DIR = Path("/usr/share/tuxpaint/stamps")
+FONT_DIR = Path("/usr/share/fonts")
+ICON_DIR = Path("/usr/share/icons")
+# The font packages the "fonts" family (benchmarks/families.py) is measured with; it renders
+# every TrueType/OpenType font under FONT_DIR, so more fonts installed means more of them.
+FONT_PACKAGES = {
+    "fonts-dejavu-core": FONT_DIR / "truetype/dejavu",
+    "fonts-freefont-ttf": FONT_DIR / "truetype/freefont",
+    "fonts-liberation": FONT_DIR / "truetype/liberation",
+    "fonts-noto-mono": FONT_DIR / "truetype/noto",
+    "fonts-urw-base35": FONT_DIR / "opentype/urw-base35",
+    "fonts-mathjax": FONT_DIR / "opentype/mathjax",
+}
+# The icon themes of the "icons" family: those Debian 12 ships with full-colour PNGs of 48 px
+# and more (breeze, papirus, numix, elementary are SVG-only, suru has a few dozen PNGs; tango
+# and gnome-colors stop at 32 px). Colour and dark variants (Yaru-blue, Faenza-Dark,
+# elementary-xfce-dark...) are left out: they are the same drawings. moka-icon-theme pulls in
+# faba-icon-theme, which is not read (Moka's own base theme).
+ICON_THEMES = {
+    "adwaita-icon-theme": ICON_DIR / "Adwaita",
+    "gnome-icon-theme": ICON_DIR / "gnome",
+    "mate-icon-theme": ICON_DIR / "mate",
+    "moka-icon-theme": ICON_DIR / "Moka",
+    "oxygen-icon-theme": ICON_DIR / "oxygen",
+    "yaru-theme-icon": ICON_DIR / "Yaru",
+    "elementary-xfce-icon-theme": ICON_DIR / "elementary-xfce",
+    "faenza-icon-theme": ICON_DIR / "Faenza",
+}
 PACKAGE_DIRS = {
     "opencv-doc": OPENCV_DIR,
     "plasma-workspace-wallpapers": WALLPAPER_DIR,
     "tuxpaint-stamps-default": TUXPAINT_DIR,
+    **FONT_PACKAGES,
+    **ICON_THEMES,
 }
 """The Debian packages a set can be built from, and where each one's images are."""
 

@@ -20,14 +20,15 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline.backbones import get_spec
+from pipeline.backbones import REGISTRY, get_spec
+from pipeline.backbones.trained import all_models as all_trained
 from pipeline.decode import DecodeError
 from pipeline.discover import ManifestError, SourceError, uri_to_path
 from pipeline.document import AliasSwitch, IngestSummary, Label
 from pipeline.embed import get_embedder
 from pipeline.ingest import ingest as run_ingest
 from pipeline.label import get_labeler
-from pipeline.library import Library, model_name
+from pipeline.library import Library
 from pipeline.rollout import rollback as run_rollback
 from pipeline.rollout import rollout as run_rollout
 from pipeline.samples import build_samples
@@ -47,6 +48,9 @@ from pipeline.search import (
 from pipeline.settings import get_settings
 from pipeline.store import dump, mapping_files
 from pipeline.store.base import StoreError
+from pipeline.train import TrainConfig
+from pipeline.train import identify_file as run_identify
+from pipeline.train import train as run_train
 
 app = typer.Typer(
     name="lookalike",
@@ -197,7 +201,7 @@ def search(
                     request.exclude_ids.append(asset_id)
                 else:
                     data = image.read_bytes()
-                embedder = get_embedder(model_name(searcher.index.model_id))
+                embedder = get_embedder(searcher.index.model_id)
                 query = analyse_image(
                     data, embedder, box=part, with_regions=ranks_query_regions(request)
                 )
@@ -574,3 +578,157 @@ def rollback(
         out.print_json(data=switch.model_dump())
         return
     out.print(f"alias {get_settings().table!r}: {switch.previous} -> {switch.active}")
+
+
+# -- fine-tuning ---------------------------------------------------------------------------------
+
+
+@app.command()
+def train(
+    source: Annotated[
+        Path,
+        typer.Argument(help="A folder with one sub-folder per class, or the base of --manifest."),
+    ],
+    name: Annotated[str, typer.Option(help="Short name: the model is <backbone>-<head>-<name>.")],
+    manifest: Annotated[
+        Path | None, typer.Option(help="CSV/Parquet manifest naming the images instead.")
+    ] = None,
+    label_column: Annotated[
+        str, typer.Option(help="The manifest column that holds each image's class.")
+    ] = "label",
+    head: Annotated[str, typer.Option(help="arcface (default) or triplet.")] = "arcface",
+    base: Annotated[
+        str, typer.Option(help="Built-in backbone to start from.")
+    ] = "mobilenet_v2-imagenet",
+    dim: Annotated[int, typer.Option(help="Embedding size.")] = 256,
+    epochs: Annotated[int, typer.Option(help="Passes over the training features.")] = 40,
+    views: Annotated[int, typer.Option(help="Augmented views per image.")] = 2,
+    validation_share: Annotated[
+        float, typer.Option(help="Share of the classes held out for validation.")
+    ] = 0.25,
+    target_precision: Annotated[
+        float, typer.Option(help="Precision the open-set threshold is calibrated for.")
+    ] = 0.9,
+    seed: Annotated[int, typer.Option(help="Random seed (split, views, initialisation).")] = 0,
+    new_version: Annotated[
+        bool, typer.Option("--new-version", help="Add a version to an existing model name.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Fine-tune the embedding for "the same thing" on labelled images: a new model version in
+    the registry, judged on classes it never saw (roll it out with `lookalike rollout`)."""
+    with _user_errors():
+        config = TrainConfig(
+            name=name,
+            base=base,
+            head=head,
+            dim=dim,
+            epochs=epochs,
+            views=views,
+            validation_share=validation_share,
+            target_precision=target_precision,
+            seed=seed,
+        )
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            disable=as_json or not sys.stderr.isatty(),
+            transient=True,
+        ) as progress:
+            tasks: dict[str, int] = {}
+
+            def report(stage: str, done: int, total: int) -> None:
+                if stage not in tasks:
+                    tasks[stage] = progress.add_task(stage, total=total)
+                progress.update(tasks[stage], completed=done, total=total)
+
+            done = run_train(
+                source,
+                config,
+                manifest=manifest,
+                label_column=label_column if manifest else None,
+                new_version=new_version,
+                progress=report,
+            )
+    if as_json:
+        out.print_json(data=done.model_dump(mode="json"))
+        return
+    model, data = done.model, done.model.data
+    out.print(
+        f"[bold]{model.model_id}[/]: {data['images']} images, {data['classes']} classes "
+        f"({data['validation_classes']} held out), {data['quarantined']} quarantined"
+    )
+    for problem in done.quarantined:
+        out.print(f"  quarantined {problem.uri}: {problem.reason}")
+    table = Table("on held-out classes", "P@1", "mAP", "open-set precision", "recall", "F1")
+    for when in ("before", "after"):
+        f = model.metrics[when]
+        o = f["open_set"]
+        table.add_row(
+            model.base if when == "before" else model.model_id,
+            *(f"{v:.3f}" for v in (f["P@1"], f["mAP"], o["precision"], o["recall"], o["f1"])),
+        )
+    out.print(table)
+    loss = model.metrics["loss"]
+    out.print(
+        f"loss {loss['first']:.3f} -> {loss['last']:.3f}; match threshold "
+        f"{model.match_threshold:.3f} (cosine, for precision {model.target_precision:g})"
+    )
+    out.print(f"next: lookalike rollout {model.model_id}")
+
+
+@app.command()
+def identify(
+    image: Annotated[Path, typer.Argument(help="The image to identify.")],
+    model: Annotated[
+        str | None,
+        typer.Option(help="Trained model (name or name@version; default LOOKALIKE_MODEL)."),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Say which known class an image shows, or that it is no known match (a trained model's
+    nearest labelled image, at its calibrated threshold)."""
+    with _user_errors():
+        found = run_identify(image, model or get_settings().model)
+    if as_json:
+        out.print_json(data=found.model_dump())
+        return
+    if found.label is None:
+        out.print(
+            f"no known match (nearest: {found.nearest}, similarity {found.similarity:.3f} "
+            f"< threshold {found.threshold:.3f})"
+        )
+    else:
+        out.print(
+            f"{found.label} (similarity {found.similarity:.3f} >= {found.threshold:.3f}; "
+            f"{found.model})"
+        )
+
+
+@app.command()
+def models(as_json: JsonOpt = False) -> None:
+    """The models LOOKALIKE_MODEL can name: built-in backbones and trained versions."""
+    trained_models = all_trained(get_settings().model_dir)
+    if as_json:
+        out.print_json(
+            data={
+                "builtin": [spec.model_id for spec in REGISTRY.values()],
+                "trained": [m.model_dump(mode="json", exclude={"config"}) for m in trained_models],
+            }
+        )
+        return
+    table = Table("model", "dim", "what")
+    for spec in REGISTRY.values():
+        table.add_row(spec.model_id, str(spec.dim), spec.description)
+    for m in trained_models:
+        after = m.metrics["after"]
+        table.add_row(
+            m.model_id,
+            str(m.dim),
+            f"{m.head} head on {m.base}: held-out P@1 {after['P@1']:.3f}, mAP "
+            f"{after['mAP']:.3f}, open-set F1 {after['open_set']['f1']:.3f}",
+        )
+    out.print(table)

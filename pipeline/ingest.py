@@ -49,7 +49,7 @@ from pipeline.document import (
 )
 from pipeline.embed import Embedder, get_embedder
 from pipeline.label import Labeler, get_labeler
-from pipeline.library import Library, model_name
+from pipeline.library import Library
 from pipeline.settings import Settings, get_settings
 from pipeline.store.base import BulkWriteError, DocumentIndex, QuarantineLog
 
@@ -406,7 +406,7 @@ def run_batches(
     batch's result as it is written."""
 
     settings = settings or get_settings()
-    embedder = embedder or get_embedder(model_name(model_id))
+    embedder = embedder or get_embedder(model_id)
     if embedder.model_id != model_id:
         raise ValueError(f"embedder {embedder.model_id} cannot write into the index of {model_id}")
     with _opened(library, settings) as lib:

@@ -25,11 +25,6 @@ from pipeline.store.base import (
 )
 
 
-def model_name(model_id: str) -> str:
-    """``mobilenet_v2-imagenet@1`` -> ``mobilenet_v2-imagenet`` (the registry name)."""
-    return model_id.rsplit("@", 1)[0]
-
-
 class Library:
     """A store's catalogue, indexes and logs (see the module docstring)."""
 

@@ -38,13 +38,13 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 from pydantic import BaseModel, Field
 
-from pipeline.backbones import get_spec
+from pipeline.backbones import get_spec, trained
 from pipeline.decode import DecodeError, decode_image, read_file
 from pipeline.discover import SourceAsset, read_manifest, uri_to_path
 from pipeline.document import AliasSwitch, AssetDocument, QuarantinedItem
 from pipeline.embed import Embedder, get_embedder
 from pipeline.ingest import AssetRef, Mapped, plan_batches, run_stages
-from pipeline.library import Library, model_name
+from pipeline.library import Library
 from pipeline.search import Searcher, SearchRequest
 from pipeline.settings import Settings, get_settings
 from pipeline.store.base import DocumentIndex, StoreError
@@ -99,7 +99,7 @@ class BackfillResult(BaseModel):
 class GateResult(BaseModel):
     """The quality gate's measurements and verdict."""
 
-    method: Literal["labelled", "self-check"]
+    method: Literal["labelled", "validation split", "self-check"]
     metric: str
     current_model: str
     candidate_model: str
@@ -113,7 +113,9 @@ class GateResult(BaseModel):
         verdict = "passed" if self.passed else "failed"
         return (
             f"quality gate {verdict}: {self.method} {self.metric} of {self.candidate_model} is "
-            f"{self.candidate:.3f}, needs at least {self.required:.3f} "
+            f"{self.candidate:.3f}, needs "
+            f"{'more than' if self.method == 'validation split' else 'at least'} "
+            f"{self.required:.3f} "
             f"({self.current_model}: {self.current:.3f}; {self.queries} queries)"
         )
 
@@ -149,9 +151,10 @@ def plan_backfill(
     longer does (left by an earlier attempt) are removed, so the two can match exactly.
     """
     settings = settings or get_settings()
-    spec = get_spec(model_name(model))
-    if "@" in model and model != spec.model_id:
-        raise RolloutError(f"the model registry has {spec.model_id}, not {model}")
+    try:
+        spec = get_spec(model)
+    except ValueError as exc:
+        raise RolloutError(str(exc)) from None
     with Library.open(settings) as library:
         active = library.catalogue.active()
         if active is None:
@@ -189,7 +192,7 @@ def backfill_batch(
     a rollout leaves the current index and the quarantine list as they are."""
 
     settings = settings or get_settings()
-    embedder = embedder or get_embedder(model_name(plan.target_model))
+    embedder = embedder or get_embedder(plan.target_model)
     if embedder.model_id != plan.target_model:
         raise ValueError(
             f"embedder {embedder.model_id} cannot fill the index of {plan.target_model}"
@@ -259,8 +262,8 @@ def validate(
         gate = quality_gate(
             current,
             target,
-            current_embedder or get_embedder(model_name(plan.source_model)),
-            candidate_embedder or get_embedder(model_name(plan.target_model)),
+            current_embedder or get_embedder(plan.source_model),
+            candidate_embedder or get_embedder(plan.target_model),
             settings,
         )
         if not gate.passed:
@@ -364,19 +367,21 @@ def quality_gate(
     ``rollout_tolerance`` (and, for the self-check, reaches ``rollout_min_match_rate``)."""
     tolerance = settings.rollout_tolerance
     models = {"current_model": current.model_id, "candidate_model": candidate.model_id}
-    if settings.rollout_eval_manifest is not None:
-        images, labels = _labelled_set(settings)
+    labelled = _evaluation_set(candidate.model_id, settings)
+    if labelled is not None:
+        manifest, column, must_improve = labelled
+        images, labels = _labelled_set(manifest, column, settings)
         now = mean_average_precision(_embed(images, current_embedder, settings), labels)
         new = mean_average_precision(_embed(images, candidate_embedder, settings), labels)
-        required = now - tolerance
+        required = now if must_improve else now - tolerance
         return GateResult(
-            method="labelled",
+            method="validation split" if must_improve else "labelled",
             metric="mAP",
             current=now,
             candidate=new,
             required=required,
             queries=len(images),
-            passed=new >= required,
+            passed=new > required if must_improve else new >= required,
             **models,
         )
     images, truth = self_check_queries(current, settings)
@@ -438,9 +443,27 @@ def mean_average_precision(embeddings: np.ndarray, labels: Sequence[str]) -> flo
     return float(np.mean(precisions))
 
 
-def _labelled_set(settings: Settings) -> tuple[list[Image.Image], list[str]]:
-    manifest = Path(settings.rollout_eval_manifest)
-    column = settings.rollout_eval_label_column
+def _evaluation_set(model_id: str, settings: Settings) -> tuple[Path, str, bool] | None:
+    """The labelled set the gate measures on: ``(manifest, label column, must improve)``. The
+    configured evaluation set when there is one (not worse than the tolerance); else, for a
+    model trained by ``lookalike train``, its validation split, identities it never trained on
+    (it must be strictly better: a fine-tuned model exists to be); else none (self-check)."""
+    if settings.rollout_eval_manifest is not None:
+        return Path(settings.rollout_eval_manifest), settings.rollout_eval_label_column, False
+    name, _, version = model_id.partition("@")
+    record = trained.find(name, settings.model_dir, int(version) if version.isdigit() else None)
+    if record is None:
+        return None
+    return (
+        trained.folder(name, record.version, settings.model_dir) / "validation.csv",
+        "label",
+        True,
+    )
+
+
+def _labelled_set(
+    manifest: Path, column: str, settings: Settings
+) -> tuple[list[Image.Image], list[str]]:
     images, labels = [], []
     for path, row in read_manifest(manifest, base=manifest.parent).items():
         label = row["metadata"].get(column)

@@ -29,6 +29,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline import filters, regions
+from pipeline.backbones import get_spec
 from pipeline.decode import decode_image
 from pipeline.document import AssetDocument, Label
 from pipeline.embed import Embedder
@@ -210,6 +211,12 @@ class Hit(BaseModel):
     region: RegionMatch | None = Field(
         None, description="The region that gave `vector_score` (none: the whole images)."
     )
+    match: bool | None = Field(
+        None,
+        description="Whether `vector_score` reaches the model's calibrated identity threshold: "
+        "the same item, character or person, or only a look-alike (models trained by "
+        "`lookalike train`; null for other models and for hits without a vector score).",
+    )
     matched_labels: list[Label] = Field(
         default_factory=list, description="The asset's labels named by the request's filters."
     )
@@ -228,7 +235,12 @@ class Searcher:
 
     def __init__(self, index: DocumentIndex, settings: Settings | None = None) -> None:
         self.index = index
-        self.num_candidates = (settings or get_settings()).num_candidates
+        settings = settings or get_settings()
+        self.num_candidates = settings.num_candidates
+        try:  # a trained model's open-set threshold: hits say whether they are a match
+            self.match_threshold = get_spec(index.model_id, settings.model_dir).match_threshold
+        except ValueError:  # an index of a model this registry does not know
+            self.match_threshold = None
 
     def search(self, request: SearchRequest) -> SearchResponse:
         where = request.filter()
@@ -274,6 +286,9 @@ class Searcher:
                 vector_score=vector_score,
                 text_score=text_score,
                 region=matches.get(asset_id),
+                match=None
+                if self.match_threshold is None or vector_score is None
+                else vector_score >= self.match_threshold,
                 matched_labels=request.matched_labels(docs[asset_id].labels),
                 document=docs[asset_id],
             )

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pipeline.embed import Embedder, get_embedder
-from pipeline.library import Library, model_name
+from pipeline.library import Library
 from pipeline.search import ImageQuery, Searcher, analyse_image
 from pipeline.settings import Settings
 
@@ -130,7 +130,7 @@ class SearchEngine:
         searcher = self._library.searcher()
         model_id = searcher.index.model_id
         # The process-wide embedder cache: a model is loaded once however many apps use it.
-        embedder = get_embedder(model_name(model_id))
+        embedder = get_embedder(model_id)
         if embedder.model_id != model_id:
             raise EngineNotReady(
                 f"the index holds {model_id} vectors but the registry's model is "

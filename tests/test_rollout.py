@@ -167,7 +167,7 @@ def test_a_failed_gate_leaves_the_alias_and_a_new_attempt_resumes(indexed) -> No
     assert active(settings) == BASE
     with pytest.raises(RolloutError, match="already the active"):
         plan_backfill("mobilenet_v2-imagenet", settings)
-    with pytest.raises(RolloutError, match="registry has mobilenet_v2-gem-imagenet@1, not"):
+    with pytest.raises(RolloutError, match="mobilenet_v2-gem-imagenet has only version 1"):
         plan_backfill("mobilenet_v2-gem-imagenet@2", settings)
 
 

@@ -19,11 +19,13 @@ TensorFlow is imported only inside ``build`` functions, so importing this module
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from pipeline.backbones import mobilenet_v2
+from pipeline.backbones import mobilenet_v2, trained
+from pipeline.settings import get_settings
 
 if TYPE_CHECKING:
     import keras
@@ -55,6 +57,8 @@ class ModelSpec:
     build: Callable[[], keras.Model]
     region_layer: str | None = None
     region_pooling: Literal["avg", "rms"] = "avg"
+    # Trained models: the cosine similarity from which a hit is the same identity (``match``).
+    match_threshold: float | None = None
 
     def __post_init__(self) -> None:
         if self.resize_size < self.image_size:
@@ -145,10 +149,40 @@ REGISTRY: dict[str, ModelSpec] = {
 }
 
 
-def get_spec(name: str) -> ModelSpec:
-    """The registered backbone called ``name``; a clear error names the known ones."""
-    try:
-        return REGISTRY[name]
-    except KeyError:
-        known = ", ".join(sorted(REGISTRY))
-        raise ValueError(f"unknown model {name!r}; known models: {known}") from None
+def get_spec(name: str, model_dir: Path | None = None) -> ModelSpec:
+    """The model called ``name``, or ``name@version``: a built-in backbone, or a version
+    trained by ``lookalike train`` (:mod:`pipeline.backbones.trained`, under ``model_dir``,
+    default the settings'; without a version, the newest). A clear error names the known ones.
+    """
+    base_name, _, version = name.partition("@")
+    if base_name in REGISTRY:
+        spec = REGISTRY[base_name]
+        if version and version != spec.version:
+            raise ValueError(f"{base_name} has only version {spec.version}, not {version!r}")
+        return spec
+    model_dir = model_dir or get_settings().model_dir
+    record = None
+    if not version or version.isdigit():
+        record = trained.find(base_name, model_dir, int(version) if version else None)
+    if record is None:
+        known = ", ".join([*sorted(REGISTRY), *(m.model_id for m in trained.all_models(model_dir))])
+        raise ValueError(f"unknown model {name!r}; known models: {known}")
+    return trained_spec(record, model_dir)
+
+
+def trained_spec(record: trained.TrainedModel, model_dir: Path) -> ModelSpec:
+    """The registry entry of a trained version: its backbone's, with the head's output."""
+    base = REGISTRY[record.base]
+    return replace(
+        base,
+        name=record.name,
+        version=str(record.version),
+        dim=record.dim,
+        offline=base.offline,
+        description=f"{base.name} with a {record.head} head trained by lookalike train "
+        f"({record.data.get('classes', '?')} classes, {record.data.get('images', '?')} images)",
+        build=partial(trained.build, record, model_dir, base),
+        # pooled regions are backbone features, not the head's: no region vectors
+        region_layer=None,
+        match_threshold=record.match_threshold,
+    )
