@@ -59,7 +59,7 @@ import re
 import time
 import unicodedata
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -127,20 +127,6 @@ def build_family(root: Path, family: str, config: FamilyConfig) -> Manifest:
         skipped=skipped,
     )
     return _write_manifest(folder, digest, manifest)
-
-
-def class_split(labels: Sequence[str], share: float, seed: int) -> tuple[set[str], set[str]]:
-    """``(train classes, held-out classes)``: the distinct labels, ``share`` of them held out at
-    random (at least one each side when there are two or more and ``0 < share < 1``). Depends on
-    the set of labels and the seed only, not on their order or repetition."""
-    if not 0.0 <= share <= 1.0:
-        raise ValueError(f"share must be in [0, 1], not {share}")
-    classes = sorted(set(labels))
-    random.Random(seed).shuffle(classes)
-    held = round(len(classes) * share)
-    if 0.0 < share < 1.0 and len(classes) >= 2:
-        held = min(max(held, 1), len(classes) - 1)
-    return set(classes[held:]), set(classes[:held])
 
 
 # --- fonts ------------------------------------------------------------------------------------

@@ -603,6 +603,10 @@ def train(
     dim: Annotated[int, typer.Option(help="Embedding size.")] = 256,
     epochs: Annotated[int, typer.Option(help="Passes over the training features.")] = 40,
     views: Annotated[int, typer.Option(help="Augmented views per image.")] = 2,
+    mirror: Annotated[
+        bool,
+        typer.Option(help="Mirror views too (--no-mirror where a mirror image is another class)."),
+    ] = True,
     validation_share: Annotated[
         float, typer.Option(help="Share of the classes held out for validation.")
     ] = 0.25,
@@ -625,6 +629,7 @@ def train(
             dim=dim,
             epochs=epochs,
             views=views,
+            mirror=mirror,
             validation_share=validation_share,
             target_precision=target_precision,
             seed=seed,

@@ -66,7 +66,15 @@ class TrainConfig(BaseModel):
         0.2, ge=0, description="ArcFace angular margin (radians) or triplet margin."
     )
     scale: float = Field(24.0, gt=0, description="ArcFace logit scale.")
+    anchor: float = Field(
+        0.01, ge=0, description="Weight of the pull back towards the starting projection (L2-SP)."
+    )
     views: int = Field(2, ge=0, le=8, description="Augmented views per image (features).")
+    mirror: bool = Field(
+        True,
+        description="Mirror views too; off where a mirror image is another identity (b and "
+        "d, an arrow left and right).",
+    )
     validation_share: float = Field(
         0.25, gt=0, lt=1, description="Share of the classes held out (class-disjoint)."
     )
@@ -184,9 +192,10 @@ def split_classes(labels: Sequence[str], share: float, seed: int) -> tuple[set[s
     return set(classes[held:]), set(classes[:held])
 
 
-def augment(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def augment(pixels: np.ndarray, rng: np.random.Generator, mirror: bool = True) -> np.ndarray:
     """One augmented view of a model input (uint8 ``(size, size, 3)``): a random crop of 50-100 %
-    of the area resized back, a mirror half the time, brightness/contrast/saturation jitter."""
+    of the area resized back, a mirror half the time (if ``mirror``), brightness, contrast and
+    saturation jitter."""
     from PIL import Image, ImageEnhance, ImageOps
 
     size = pixels.shape[0]
@@ -196,7 +205,7 @@ def augment(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     image = image.resize(
         (size, size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)
     )
-    if rng.random() < 0.5:
+    if mirror and rng.random() < 0.5:
         image = ImageOps.mirror(image)
     for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
         image = enhance(image).enhance(rng.uniform(0.7, 1.3))
@@ -210,6 +219,7 @@ def backbone_features(
     views: int,
     seed: int,
     progress: Progress | None = None,
+    mirror: bool = True,
 ) -> tuple[Features, list[int], list[QuarantinedItem]]:
     """Features of every readable image and its views; returns them, the indexes (into
     ``paths``) of the readable images, and the quarantined ones with their reasons."""
@@ -241,7 +251,9 @@ def backbone_features(
                 number = len(readable)
                 readable.append(i)
                 for view in range(views + 1):
-                    inputs.append(prepared.pixels if view == 0 else augment(prepared.pixels, rng))
+                    inputs.append(
+                        prepared.pixels if view == 0 else augment(prepared.pixels, rng, mirror)
+                    )
                     image_of.append(number)
                     original.append(view == 0)
             for offset in range(0, len(inputs), 64):
@@ -274,6 +286,7 @@ def fit_head(
     classes = int(labels.max()) + 1
     init = tf.keras.initializers.GlorotUniform(seed=config.seed)
     start_kernel, start_bias = _principal_axes(vectors, config.dim, config.seed)
+    start = tf.constant(start_kernel)
     kernel = tf.Variable(start_kernel, name="kernel")
     bias = tf.Variable(start_bias, name="bias")
     centres = tf.Variable(init((classes, config.dim)), name="centres")
@@ -309,7 +322,11 @@ def fit_head(
         with tf.GradientTape() as tape:
             emb = tf.math.l2_normalize(x @ kernel + bias, 1)
             loss = loss_of(emb, y)
-        optimiser.apply_gradients(zip(tape.gradient(loss, weights), weights, strict=True))
+            # L2-SP (Li et al. 2018): stay near the start, the backbone's own geometry, which
+            # carries what the labels do not ask about (which photo, not only which kind)
+            total = loss + config.anchor * tf.reduce_sum(tf.square(kernel - start))
+        gradients = tape.gradient(total, weights)
+        optimiser.apply_gradients(zip(gradients, weights, strict=True))
         return loss
 
     rng = np.random.default_rng(config.seed)
@@ -381,19 +398,14 @@ def precision_at_1(embeddings: np.ndarray, labels: Sequence[str]) -> float:
     return float(np.mean(labels_arr[nearest][queries] == labels_arr[queries]))
 
 
-def calibrate(
-    embeddings: np.ndarray, labels: Sequence[str], target_precision: float, seed: int
-) -> OpenSet:
-    """The open-set threshold on held-out identities.
-
-    Half of the classes are "known": one of their images (two where they have four or more)
-    goes into a gallery, the others ask. The other half are strangers: all their images ask,
-    and any match is a false one. A query is matched when its nearest gallery image is at
-    least the threshold similar (cosine); it is right when that image has its label. The
-    threshold gives the most recall at which precision (right matches among all matches) still
-    reaches ``target_precision``, and is the highest such one (no false match let in for no
-    gain). Where no threshold reaches it, the one with the best precision.
-    """
+def _open_set_queries(
+    embeddings: np.ndarray, labels: Sequence[str], seed: int
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """The open-set protocol on held-out identities: half of the classes are "known", one of
+    their images (two where they have four or more) in a gallery and the others asking; the
+    other half are strangers, all their images asking, any match a false one. Returns each
+    query's similarity to its nearest gallery image, whether that image has its label, and the
+    number of known queries."""
     labels_arr = np.asarray(labels)
     classes = sorted(set(labels_arr.tolist()))
     random.Random(seed).shuffle(classes)
@@ -409,27 +421,48 @@ def calibrate(
             queries += members
     sims = embeddings[queries] @ embeddings[gallery].T
     best = sims.argmax(axis=1)
-    score = sims[np.arange(len(queries)), best]
     right = labels_arr[np.array(gallery)[best]] == labels_arr[queries]
-    is_known = np.array([labels_arr[q] in known for q in queries])
-    order = np.argsort(-score, kind="stable")
-    matched = np.arange(1, len(order) + 1)
-    right_so_far = np.cumsum(right[order])
-    precision = right_so_far / matched
-    recall = right_so_far / max(1, int(is_known.sum()))
-    reach = np.flatnonzero(precision >= target_precision)
-    if len(reach):  # the most recall the precision allows, at the highest such threshold
-        cut = int(reach[np.argmax(recall[reach])])
-    else:
-        cut = int(precision.argmax())
-    p, r = float(precision[cut]), float(recall[cut])
+    known_queries = sum(1 for q in queries if labels_arr[q] in known)
+    return sims[np.arange(len(queries)), best], right, known_queries
+
+
+def _open_set(threshold: float, matched: np.ndarray, right: np.ndarray, known: int) -> OpenSet:
+    p = float(right[matched].mean()) if matched.any() else 1.0
+    r = float((right & matched).sum() / max(1, known))
     return OpenSet(
-        threshold=float(score[order[cut]]),
+        threshold=threshold,
         precision=p,
         recall=r,
         f1=0.0 if p + r == 0 else 2 * p * r / (p + r),
-        queries=len(queries),
+        queries=len(matched),
     )
+
+
+def calibrate(
+    embeddings: np.ndarray, labels: Sequence[str], target_precision: float, seed: int
+) -> OpenSet:
+    """The open-set threshold on held-out identities (:func:`_open_set_queries`): a query is
+    matched when its nearest gallery image is at least the threshold similar (cosine), right
+    when that image has its label. The threshold gives the most recall at which precision
+    (right matches among all matches) still reaches ``target_precision``, and is the highest
+    such one (no false match let in for no gain); where none reaches it, the most precise."""
+    score, right, known = _open_set_queries(embeddings, labels, seed)
+    order = np.argsort(-score, kind="stable")
+    right_so_far = np.cumsum(right[order])
+    precision = right_so_far / np.arange(1, len(order) + 1)
+    recall = right_so_far / max(1, known)
+    reach = np.flatnonzero(precision >= target_precision)
+    cut = int(reach[np.argmax(recall[reach])]) if len(reach) else int(precision.argmax())
+    threshold = float(score[order[cut]])
+    return _open_set(threshold, score >= threshold, right, known)
+
+
+def open_set_at(
+    embeddings: np.ndarray, labels: Sequence[str], threshold: float, seed: int
+) -> OpenSet:
+    """Precision, recall and F1 of the same protocol at a threshold calibrated elsewhere."""
+    score, right, known = _open_set_queries(embeddings, labels, seed)
+    return _open_set(threshold, score >= threshold, right, known)
 
 
 def figures(embeddings: np.ndarray, labels: Sequence[str], config: TrainConfig) -> Figures:
@@ -474,7 +507,7 @@ def train(
     embedder = embedder or get_embedder(config.base)
     paths = [p for p, _ in items]
     features, readable, quarantined = backbone_features(
-        paths, embedder, settings, config.views, config.seed, progress
+        paths, embedder, settings, config.views, config.seed, progress, config.mirror
     )
     labels = [items[i][1] for i in readable]
     check_classes(labels, [label for _, label in items], source)

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 from benchmarks import families, sources
-from benchmarks.families import FamilyConfig, build_family, class_name, class_split
+from benchmarks.families import FamilyConfig, build_family, class_name
 from benchmarks.sources import SourceUnavailable
 
 DEJAVU = sources.FONT_PACKAGES["fonts-dejavu-core"]
@@ -187,15 +187,3 @@ def test_icons_family_builds_from_installed_themes(tmp_path: Path) -> None:
     stamp = (manifest.root / "manifest.json").stat().st_mtime_ns
     assert build_family(tmp_path, "icons", config).items == manifest.items
     assert (manifest.root / "manifest.json").stat().st_mtime_ns == stamp
-
-
-def test_class_split_is_disjoint_complete_and_seeded() -> None:
-    labels = [f"c{i % 40}" for i in range(200)]
-    train, held = class_split(labels, 0.25, seed=3)
-    assert not train & held and train | held == set(labels) and len(held) == 10
-    assert class_split(list(reversed(labels)), 0.25, seed=3) == (train, held)
-    assert class_split(labels, 0.25, seed=4) != (train, held)
-    assert class_split(["a", "b"], 0.01, seed=0)[1]  # at least one held out
-    assert class_split(["a", "b"], 0.0, seed=0) == ({"a", "b"}, set())
-    with pytest.raises(ValueError):
-        class_split(labels, 1.5, seed=0)
