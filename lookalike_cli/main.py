@@ -365,16 +365,21 @@ def serve(
     ).run()
 
 
-def _run_with_progress(run, source: Path, manifest: Path | None, quiet: bool) -> IngestSummary:
-    with Progress(
-        TextColumn("[bold]ingest"),
+def _progress(quiet: bool) -> Progress:
+    """Progress bars on stderr, for a terminal only (never in --json output or a pipe)."""
+    return Progress(
+        TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         console=console,
         disable=quiet or not sys.stderr.isatty(),
         transient=True,
-    ) as progress:
+    )
+
+
+def _run_with_progress(run, source: Path, manifest: Path | None, quiet: bool) -> IngestSummary:
+    with _progress(quiet) as progress:
         task = progress.add_task("ingest", total=None)
         return run(
             source,
@@ -634,15 +639,7 @@ def train(
             target_precision=target_precision,
             seed=seed,
         )
-        with Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            disable=as_json or not sys.stderr.isatty(),
-            transient=True,
-        ) as progress:
+        with _progress(as_json) as progress:
             tasks: dict[str, int] = {}
 
             def report(stage: str, done: int, total: int) -> None:
