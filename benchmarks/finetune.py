@@ -15,7 +15,9 @@ Per family: the backbone (before) against a head trained on that family's traini
 general head is also applied to the near-duplicate set of ``benchmarks.quality`` (copy R@1 must
 not fall). Training is ``pipeline.train.fit_head`` on the features ``lookalike train`` uses
 (backbone features of each image and 2 augmented views, no mirror for glyphs and icons, where a
-mirror image is another identity); defaults of ``TrainConfig`` otherwise.
+mirror image is another identity); defaults of ``TrainConfig`` otherwise. A self-supervised
+head (each stamps image its own identity, its views the positives) is judged on the
+near-duplicate set.
 
 Figures: P@1 and mAP of leave-one-out retrieval among the test classes; open-set precision,
 recall and F1 (``pipeline.train.open_set_at``: half of the test classes known with one or two
@@ -25,6 +27,7 @@ after, goes to ``docs/img/finetune-tsne.png``.
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ from pipeline.settings import get_settings
 from pipeline.train import (
     Features,
     TrainConfig,
+    augment,
     backbone_features,
     calibrate,
     fit_head,
@@ -74,7 +78,9 @@ class Family:
             )
             return found.vectors, found.image, found.original, np.array(readable)
 
-        key = ["finetune", embedder.model_id, str(config.views), str(mirror), *map(str, paths)]
+        # the views change with the augmentation's code: its source is part of the key
+        views = [str(config.views), str(mirror), inspect.getsource(augment)]
+        key = ["finetune", embedder.model_id, *views, *map(str, paths)]
         vectors, image, original, readable = memoised(manifest.root, key, compute)
         self.name = name
         self.features = Features(vectors, image, original.astype(bool))
@@ -184,9 +190,14 @@ def main(argv: list[str] | None = None) -> None:
         results["families"][family.name]["general"] = family.judge(
             project(family.features.vectors, general), config
         )
+    # No labels (lookalike train --self-supervised): every stamps image its own identity, its
+    # augmented views the positives; judged on the near-duplicate set it never saw.
+    stamps = families[2]
+    copies, _ = fit_head(stamps.features.vectors, stamps.features.image, config)
     results["near_dup_copies_R@1"] = {
         "before": near_dup_copies(root, embedder, None),
         "general": near_dup_copies(root, embedder, general),
+        "self-supervised (stamps images)": near_dup_copies(root, embedder, copies),
         **{f"{name} head": near_dup_copies(root, embedder, head) for name, head in heads.items()},
     }
     fonts = families[0]

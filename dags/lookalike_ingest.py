@@ -50,8 +50,9 @@ from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowFailException, AirflowSkipException
 
 from lookalike_airflow import INDEX, SETTINGS, common_params, default_args, pulled, run_settings
-from pipeline import ingest
-from pipeline.discover import SourceError
+
+# The pipeline's run modules are imported inside the tasks (deliberately lazy): parsing this
+# file stays light (the scheduler re-parses it often) and TensorFlow loads only in a worker.
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +86,9 @@ def lookalike_ingest() -> None:
     @task
     def discover(params: dict[str, Any], run_id: str) -> dict[str, Any]:
         """Scan the folder and compare it with the index: what to embed, what to delete."""
+        from pipeline import ingest
+        from pipeline.discover import SourceError
+
         try:
             plan = ingest.plan_run(
                 params["source"], params["manifest"], run_settings(params), run_id=run_id
@@ -105,6 +109,8 @@ def lookalike_ingest() -> None:
     @task
     def plan_batches(plan: dict[str, Any], params: dict[str, Any]) -> list[list[dict[str, Any]]]:
         """One batch per mapped task, never more batches than Airflow maps."""
+        from pipeline import ingest
+
         limit = conf.getint("core", "max_map_length", fallback=1024)
         return ingest.plan_batches(plan["todo"], params["batch_size"], max_batches=limit)
 
@@ -113,6 +119,8 @@ def lookalike_ingest() -> None:
         batch: list[dict[str, Any]], plan: dict[str, Any], params: dict[str, Any], ti: Any
     ) -> dict[str, Any]:
         """Read, embed, label and write one batch (idempotent: upserts by id)."""
+        from pipeline import ingest
+
         refs = [ingest.AssetRef.model_validate(ref) for ref in batch]
         result = ingest.run_batch(refs, plan["model"], run_settings(params))
         return {"batch": ti.map_index, **result.model_dump(mode="json")}
@@ -121,6 +129,8 @@ def lookalike_ingest() -> None:
     @task(trigger_rule="all_done_min_one_success")
     def all_landed(batches: list[list[dict[str, Any]]], results: Any) -> None:
         """Fail the run (no retry) unless every batch landed; the log says which did."""
+        from pipeline import ingest
+
         try:
             ingest.landed_results(
                 [[ingest.AssetRef.model_validate(ref) for ref in batch] for batch in batches],
@@ -133,6 +143,8 @@ def lookalike_ingest() -> None:
     @task(trigger_rule="none_failed")  # also when there was nothing to embed
     def remove_deleted(plan: dict[str, Any], params: dict[str, Any]) -> int:
         """Remove the documents of files that are gone."""
+        from pipeline import ingest
+
         return ingest.remove_deleted(ingest.RunPlan.model_validate(plan), run_settings(params))
 
     @task(trigger_rule="none_failed")
@@ -140,6 +152,8 @@ def lookalike_ingest() -> None:
         plan: dict[str, Any], results: Any, deleted: int, params: dict[str, Any]
     ) -> dict[str, Any]:
         """Close the run: compact the index, record the summary in the store, return it."""
+        from pipeline import ingest
+
         run = ingest.finish_run(
             ingest.RunPlan.model_validate(plan),
             [ingest.BatchResult.model_validate(r) for r in pulled(results)],

@@ -38,7 +38,9 @@ from airflow.sdk.configuration import conf
 from airflow.sdk.exceptions import AirflowFailException
 
 from lookalike_airflow import INDEX, SETTINGS, common_params, default_args, pulled, run_settings
-from pipeline import ingest, rollout
+
+# The pipeline's run modules are imported inside the tasks (deliberately lazy): parsing this
+# file stays light (the scheduler re-parses it often) and TensorFlow loads only in a worker.
 from pipeline.backbones import REGISTRY
 from pipeline.settings import Settings
 
@@ -65,8 +67,9 @@ def _settings(params: Mapping[str, Any]) -> Settings:
         "model": Param(
             None,
             type=["null", "string"],
-            enum=[None, *sorted(REGISTRY)],
-            description="Registry name of the model version to roll out.",
+            examples=sorted(REGISTRY),
+            description="The model version to roll out: a built-in backbone, or a version "
+            "trained by `lookalike train` (name or name@N; `lookalike models` lists them).",
         ),
         "rollback": Param(
             False,
@@ -106,6 +109,8 @@ def lookalike_rollout() -> None:
     @task(outlets=[INDEX])
     def rollback(params: dict[str, Any], outlet_events: Any) -> dict[str, Any]:
         """Point the alias back at the version the last switch replaced."""
+        from pipeline import rollout
+
         try:
             switch = rollout.rollback(_settings(params))
         except rollout.RolloutError as exc:
@@ -117,6 +122,8 @@ def lookalike_rollout() -> None:
     @task
     def plan_backfill(params: dict[str, Any], run_id: str) -> dict[str, Any]:
         """Create the new index and list the assets it lacks (a re-run resumes)."""
+        from pipeline import rollout
+
         try:
             plan = rollout.plan_backfill(params["model"], _settings(params), run_id=run_id)
         except rollout.RolloutError as exc:
@@ -134,6 +141,8 @@ def lookalike_rollout() -> None:
     @task
     def plan_batches(plan: dict[str, Any], params: dict[str, Any]) -> list[list[str]]:
         """One batch of asset ids per mapped task, never more batches than Airflow maps."""
+        from pipeline import ingest
+
         limit = conf.getint("core", "max_map_length", fallback=1024)
         return ingest.plan_batches(plan["todo"], params["batch_size"], max_batches=limit)
 
@@ -142,6 +151,8 @@ def lookalike_rollout() -> None:
         batch: list[str], plan: dict[str, Any], params: dict[str, Any]
     ) -> dict[str, Any]:
         """Re-read, embed, label and write one batch into the new index (idempotent)."""
+        from pipeline import rollout
+
         plan_ = rollout.RolloutPlan.model_validate(plan)
         result = rollout.backfill_batch(plan_, batch, _settings(params))
         return result.model_dump(mode="json")
@@ -153,6 +164,8 @@ def lookalike_rollout() -> None:
     ) -> dict[str, Any]:
         """Same documents in both indexes, then the quality gate; failing either fails the
         run (no retry) and leaves the alias where it is."""
+        from pipeline import rollout
+
         try:
             validation = rollout.validate(
                 rollout.RolloutPlan.model_validate(plan),
@@ -173,6 +186,8 @@ def lookalike_rollout() -> None:
         outlet_events: Any,
     ) -> dict[str, Any]:
         """Move the alias to the new index in one atomic step."""
+        from pipeline import rollout
+
         try:
             switch = rollout.activate(
                 rollout.RolloutPlan.model_validate(plan),

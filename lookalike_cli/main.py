@@ -619,6 +619,14 @@ def train(
         float, typer.Option(help="Precision the open-set threshold is calibrated for.")
     ] = 0.9,
     seed: Annotated[int, typer.Option(help="Random seed (split, views, initialisation).")] = 0,
+    self_supervised: Annotated[
+        bool,
+        typer.Option(
+            "--self-supervised",
+            help="No labels: every image under SOURCE is its own identity, its augmented views "
+            "the positives (for copy detection).",
+        ),
+    ] = False,
     new_version: Annotated[
         bool, typer.Option("--new-version", help="Add a version to an existing model name.")
     ] = False,
@@ -635,6 +643,7 @@ def train(
             epochs=epochs,
             views=views,
             mirror=mirror,
+            self_supervised=self_supervised,
             validation_share=validation_share,
             target_precision=target_precision,
             seed=seed,

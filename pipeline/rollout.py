@@ -446,14 +446,15 @@ def mean_average_precision(embeddings: np.ndarray, labels: Sequence[str]) -> flo
 def _evaluation_set(model_id: str, settings: Settings) -> tuple[Path, str, bool] | None:
     """The labelled set the gate measures on: ``(manifest, label column, must improve)``. The
     configured evaluation set when there is one (not worse than the tolerance); else, for a
-    model trained by ``lookalike train``, its validation split, identities it never trained on
-    (it must be strictly better: a fine-tuned model exists to be); else none (self-check)."""
+    model trained by ``lookalike train`` on labels, its validation split, identities it never
+    trained on (it must be strictly better: a fine-tuned model exists to be); else none (the
+    self-check, also for a self-supervised model: copies finding their originals)."""
     if settings.rollout_eval_manifest is not None:
         return Path(settings.rollout_eval_manifest), settings.rollout_eval_label_column, False
     name, _, version = model_id.partition("@")
     record = trained.find(name, settings.model_dir, int(version) if version.isdigit() else None)
-    if record is None:
-        return None
+    if record is None or record.config.get("self_supervised"):
+        return None  # no labels: the self-check (copies find their originals) is the measure
     return (
         trained.folder(name, record.version, settings.model_dir) / "validation.csv",
         "label",

@@ -24,6 +24,7 @@ manifest column names each image's identity. The flow:
 
 from __future__ import annotations
 
+import io
 import math
 import random
 import re
@@ -79,6 +80,11 @@ class TrainConfig(BaseModel):
         0.25, gt=0, lt=1, description="Share of the classes held out (class-disjoint)."
     )
     target_precision: float = Field(0.9, gt=0, le=1)
+    self_supervised: bool = Field(
+        False,
+        description="No labels: every image is its own identity and its augmented views the "
+        "positives (copy detection, near-duplicates).",
+    )
     seed: int = 0
 
 
@@ -164,6 +170,20 @@ def read_labelled(
     return found
 
 
+def unlabelled(source: Path) -> list[tuple[Path, str]]:
+    """Every image under ``source`` as its own identity (its path relative to ``source``)."""
+    if not source.is_dir():
+        raise TrainingError(f"{source} is not a folder")
+    found = [
+        (path, path.relative_to(source).as_posix())
+        for path in sorted(source.rglob("*"))
+        if path.suffix.lower() in IMAGE_EXTENSIONS and not path.is_dir()
+    ]
+    if not found:
+        raise TrainingError(f"{source}: no images")
+    return found
+
+
 def check_classes(labels: Sequence[str], expected: Sequence[str], source: Path) -> None:
     """Every class of ``expected`` needs two usable images in ``labels`` (one to find the
     other), and training needs four classes (some are held out)."""
@@ -195,7 +215,7 @@ def split_classes(labels: Sequence[str], share: float, seed: int) -> tuple[set[s
 def augment(pixels: np.ndarray, rng: np.random.Generator, mirror: bool = True) -> np.ndarray:
     """One augmented view of a model input (uint8 ``(size, size, 3)``): a random crop of 50-100 %
     of the area resized back, a mirror half the time (if ``mirror``), brightness, contrast and
-    saturation jitter."""
+    saturation jitter, a JPEG re-compression half the time."""
     from PIL import Image, ImageEnhance, ImageOps
 
     size = pixels.shape[0]
@@ -209,7 +229,11 @@ def augment(pixels: np.ndarray, rng: np.random.Generator, mirror: bool = True) -
         image = ImageOps.mirror(image)
     for enhance in (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color):
         image = enhance(image).enhance(rng.uniform(0.7, 1.3))
-    return np.asarray(image)
+    if rng.random() < 0.5:  # re-compressed, as shared copies are
+        buffer = io.BytesIO()
+        image.save(buffer, "JPEG", quality=int(rng.integers(30, 90)))
+        image = Image.open(buffer)
+    return np.asarray(image.convert("RGB"))
 
 
 def backbone_features(
@@ -503,14 +527,25 @@ def train(
             f"{name} exists already (version {existing[-1]}): pass --new-version to train "
             f"version {existing[-1] + 1}, or choose another name"
         )
-    items = read_labelled(source, manifest, label_column)
+    if config.self_supervised:
+        items = unlabelled(source)
+        if config.views < 1:
+            raise TrainingError(
+                "--self-supervised learns from augmented views: use --views 1 or more"
+            )
+    else:
+        items = read_labelled(source, manifest, label_column)
     embedder = embedder or get_embedder(config.base)
     paths = [p for p, _ in items]
     features, readable, quarantined = backbone_features(
         paths, embedder, settings, config.views, config.seed, progress, config.mirror
     )
     labels = [items[i][1] for i in readable]
-    check_classes(labels, [label for _, label in items], source)
+    if config.self_supervised:
+        if len(labels) < 8:
+            raise TrainingError(f"{source}: {len(labels)} usable images; --self-supervised needs 8")
+    else:
+        check_classes(labels, [label for _, label in items], source)
     train_classes, validation_classes = split_classes(labels, config.validation_share, config.seed)
     class_ids = {c: n for n, c in enumerate(sorted(train_classes))}
     row_labels = np.array([labels[i] for i in features.image])
@@ -524,8 +559,12 @@ def train(
     originals = features.vectors[features.original]
     original_labels = row_labels[features.original]
     held = np.isin(original_labels, sorted(validation_classes))
-    before = figures(originals[held], original_labels[held], config)
-    after = figures(project(originals[held], head), original_labels[held], config)
+    # judged on held-out images; without labels, an image and its views are one identity
+    judged = np.isin(row_labels, sorted(validation_classes))
+    if not config.self_supervised:
+        judged &= features.original
+    before = figures(features.vectors[judged], row_labels[judged], config)
+    after = figures(project(features.vectors[judged], head), row_labels[judged], config)
     version = (existing[-1] if existing else 0) + 1
     record = TrainedModel(
         name=name,

@@ -224,3 +224,16 @@ def test_split_and_calibration_have_known_answers() -> None:
     open_set = calibrate(vectors, labels, target_precision=0.9, seed=0)
     assert open_set.precision == 1.0 and open_set.recall == 1.0 and open_set.f1 == 1.0
     assert 0.1 < open_set.threshold < 1.0
+
+
+def test_self_supervised_training_needs_no_labels(classes: Path, home: Settings) -> None:
+    """Every image its own identity, its augmented views the positives: judged on held-out
+    images, each finding its own views."""
+    config = TrainConfig(name="copies", self_supervised=True, **{**TINY, "views": 2})
+    report = train(classes, config, settings=home)
+    model = report.model
+    assert model.data["classes"] == 32 and model.config["self_supervised"] is True
+    assert model.metrics["loss"]["last"] < model.metrics["loss"]["first"]
+    assert model.metrics["after"]["P@1"] > 0.5, model.metrics["after"]
+    with pytest.raises(TrainingError, match="augmented views"):
+        train(classes, config.model_copy(update={"views": 0, "name": "x"}), settings=home)
