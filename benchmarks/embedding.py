@@ -9,7 +9,7 @@ which a rebuild wipes, and its key is the model id and the file list.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +21,7 @@ from pipeline.decode import decode_image
 from pipeline.settings import get_settings
 
 if TYPE_CHECKING:
-    from pipeline.embed import Embedder
+    from pipeline.embed import Embedder, Prediction
 
 
 def pixels(path: Path, embedder: Embedder) -> np.ndarray:
@@ -34,17 +34,24 @@ def pixels(path: Path, embedder: Embedder) -> np.ndarray:
     return embedder.preprocess(decoded.image)
 
 
-def embed_files(
+def predict_files(
     paths: list[Path], embedder: Embedder, batch_size: int = 32, workers: int = 2
-) -> np.ndarray:
-    """L2-normalised embeddings ``(len(paths), dim)``, decoding ahead of the model in threads."""
-    out = np.zeros((len(paths), embedder.spec.dim), np.float32)
+) -> Iterator[Prediction]:
+    """The model's outputs for the files, a batch at a time, decoding ahead in threads."""
     starts = range(0, len(paths), batch_size)
     with ThreadPoolExecutor(workers) as pool:
         for start in track(starts, f"embedding {len(paths)} images", total=len(starts)):
             batch = list(pool.map(lambda p: pixels(p, embedder), paths[start : start + batch_size]))
-            out[start : start + len(batch)] = embedder.predict(np.stack(batch)).embeddings
-    return out
+            yield embedder.predict(np.stack(batch))
+
+
+def embed_files(
+    paths: list[Path], embedder: Embedder, batch_size: int = 32, workers: int = 2
+) -> np.ndarray:
+    """L2-normalised embeddings ``(len(paths), dim)``."""
+    out = np.zeros((0, embedder.spec.dim), np.float32)
+    batches = [p.embeddings for p in predict_files(paths, embedder, batch_size, workers)]
+    return np.concatenate([out, *batches])
 
 
 def memoised(

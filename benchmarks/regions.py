@@ -31,7 +31,6 @@ from __future__ import annotations
 import tempfile
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +46,7 @@ from benchmarks.datasets import (
     build_scenes,
     junk,
 )
-from benchmarks.embedding import memoised, pixels
+from benchmarks.embedding import memoised, predict_files
 from benchmarks.metrics import category_scores, ranks_in, recall_at
 from pipeline.embed import Embedder, get_embedder
 from pipeline.ingest import ingest
@@ -66,19 +65,13 @@ def as_library(paths: list[Path], embedder: Embedder, cache_dir: Path) -> Vector
     """The files as ingestion stores them: batched, regions pooled from the one pass."""
 
     def compute() -> Vectors:
-        vectors, regions = [], []
-        starts = range(0, len(paths), 32)
-        with ThreadPoolExecutor(2) as pool:
-            for start in track(starts, f"embedding {len(paths)} images", total=len(starts)):
-                batch = np.stack(
-                    list(pool.map(lambda p: pixels(p, embedder), paths[start : start + 32]))
-                )
-                prediction = embedder.predict(batch)
-                if prediction.regions is None:
-                    raise SystemExit("no region vectors: set LOOKALIKE_REGION_LEVELS above 0")
-                vectors.append(prediction.embeddings)
-                regions.append(prediction.regions)
-        return np.concatenate(vectors), np.concatenate(regions)
+        if not embedder.regions:
+            raise SystemExit("no region vectors: set LOOKALIKE_REGION_LEVELS above 0")
+        predictions = list(predict_files(paths, embedder))
+        return (
+            np.concatenate([p.embeddings for p in predictions]),
+            np.concatenate([p.regions for p in predictions]),
+        )
 
     key = ["library", embedder.model_id, str(embedder.region_levels), *map(str, paths)]
     return memoised(cache_dir, key, compute)  # type: ignore[return-value]

@@ -34,15 +34,17 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image, ImageEnhance, ImageOps
 from pydantic import BaseModel, Field
 
 from pipeline.backbones import REGISTRY, get_spec, trained
 from pipeline.backbones.trained import Head, TrainedModel
-from pipeline.decode import DecodePool, decode_image, read_file
+from pipeline.decode import DecodePool, read_file
 from pipeline.discover import IMAGE_EXTENSIONS, read_manifest
 from pipeline.document import QuarantinedItem
 from pipeline.embed import Embedder, get_embedder
 from pipeline.rollout import mean_average_precision
+from pipeline.search import image_vector
 from pipeline.settings import Settings, get_settings
 
 Progress = Callable[[str, int, int], None]
@@ -216,8 +218,6 @@ def augment(pixels: np.ndarray, rng: np.random.Generator, mirror: bool = True) -
     """One augmented view of a model input (uint8 ``(size, size, 3)``): a random crop of 50-100 %
     of the area resized back, a mirror half the time (if ``mirror``), brightness, contrast and
     saturation jitter, a JPEG re-compression half the time."""
-    from PIL import Image, ImageEnhance, ImageOps
-
     size = pixels.shape[0]
     image = Image.fromarray(pixels)
     side = size * math.sqrt(rng.uniform(0.5, 1.0))
@@ -623,9 +623,7 @@ def identify(data: bytes, model: str, settings: Settings | None = None) -> Ident
     record = trained.find(spec.name, settings.model_dir, int(spec.version))
     if record is None or record.match_threshold is None:
         raise TrainingError(f"{model} is not a trained model: identify needs one (lookalike train)")
-    embedder = get_embedder(spec.model_id)
-    image = decode_image(data, max_pixels=settings.max_image_pixels, min_size=spec.resize_size)
-    vector = embedder.predict(embedder.preprocess(image.image)[None]).embeddings[0]
+    vector = np.asarray(image_vector(data, get_embedder(spec.model_id), settings))
     embeddings, labels = trained.gallery(record, settings.model_dir)
     sims = embeddings @ vector
     best = int(sims.argmax())

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from lookalike_cli import app
 from pipeline.backbones import get_spec, trained
-from pipeline.embed import _cached_embedder, get_embedder, model_path
+from pipeline.embed import get_embedder, model_path
 from pipeline.ingest import ingest
 from pipeline.library import Library
 from pipeline.rollout import QualityGateError, rollout
@@ -69,11 +69,9 @@ def home(embedder, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setting
     os.symlink(cached, home / "models" / cached.name)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("LOOKALIKE_HOME", str(home))
-        get_settings.cache_clear()
-        _cached_embedder.cache_clear()
+        get_settings.cache_clear()  # (embedders are cached by model folder: no clash)
         yield get_settings()
     get_settings.cache_clear()
-    _cached_embedder.cache_clear()
 
 
 @pytest.fixture(scope="module")

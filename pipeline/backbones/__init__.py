@@ -178,7 +178,6 @@ def trained_spec(record: trained.TrainedModel, model_dir: Path) -> ModelSpec:
         name=record.name,
         version=str(record.version),
         dim=record.dim,
-        offline=base.offline,
         description=f"{base.name} with a {record.head} head trained by lookalike train "
         f"({record.data.get('classes', '?')} classes, {record.data.get('images', '?')} images)",
         build=partial(trained.build, record, model_dir, base),

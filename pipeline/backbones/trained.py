@@ -150,10 +150,3 @@ def build(record: TrainedModel, model_dir: Path, base: ModelSpec) -> keras.Model
     with np.load(folder(record.name, record.version, model_dir) / "head.npz") as saved:
         head.set_weights([saved["kernel"], saved["bias"]])
     return keras.Model(model.input, [projected, probabilities], name=record.name)
-
-
-def describe(record: TrainedModel) -> str:
-    """One line for listings."""
-    after = record.metrics.get("after", {})
-    figures = ", ".join(f"{k} {v:.3f}" for k, v in after.items() if isinstance(v, float))
-    return f"{record.model_id}: {record.head} head on {record.base}, {figures}"
