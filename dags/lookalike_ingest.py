@@ -8,8 +8,11 @@ deleted files are removed. An unchanged folder costs a directory walk and writes
 **Tasks**: `discover` (scan, compare with the index) -> `plan_batches` -> `embed_batch` (one
 mapped task per batch: read, embed, label, write) -> `all_landed` -> `remove_deleted` ->
 `summary` (returned as XCom, logged, and recorded in the store, where Dashboards and
-`lookalike runs` read it) -> `announce` (updates the `lookalike_index` Asset when the index
-changed, so downstream DAGs can be scheduled on it).
+`lookalike runs` read it) -> `apply_tags` (custom tags: scores the assets that the newest
+version of a tag has not scored yet, so a tag trained with `lookalike tags train` reaches the
+whole library with the next run; new files are scored as they are written) -> `announce`
+(updates the `lookalike_index` Asset when the index changed, so downstream DAGs can be
+scheduled on it).
 
 **Safe to re-run and to retry**: documents are upserted by id, so a retried batch or a re-run
 interval duplicates nothing; each batch carries the index state it was planned against. A run
@@ -182,6 +185,18 @@ def lookalike_ingest() -> None:
             )
         return run.model_dump(mode="json")
 
+    @task(trigger_rule="none_failed")
+    def apply_tags(summary: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:
+        """Backfill custom tags (store reads and writes, no model): a no-op when every asset
+        carries the newest version of every tag."""
+        from pipeline import tags
+        from pipeline.library import Library
+
+        with Library.open(run_settings(params)) as library:
+            applied = tags.apply(library)
+        log.info("tags: scored %d assets; passing %s", applied.scored, applied.passing)
+        return applied.model_dump(mode="json")
+
     @task(outlets=[INDEX])
     def announce(summary: dict[str, Any], outlet_events: Any) -> None:
         """Update the index Asset, but only when this run changed the index."""
@@ -196,7 +211,8 @@ def lookalike_ingest() -> None:
     written = embed_batch.partial(plan=plan).expand(batch=batches)
     deleted = remove_deleted(plan)
     all_landed(batches, written) >> deleted
-    announce(summary(plan, written, deleted))
+    closed = summary(plan, written, deleted)
+    apply_tags(closed) >> announce(closed)
 
 
 lookalike_ingest()

@@ -45,6 +45,20 @@ class Region(BaseModel):
     embedding: list[float] = Field(description="L2-normalised, comparable with `embedding`.")
 
 
+TAG_NAME = r"[a-z][a-z0-9_]{0,39}"
+"""A custom tag's name: lower-case letters, digits and ``_``, starting with a letter: a keyword
+every store and query language takes as is."""
+
+
+class TagScore(BaseModel):
+    """A custom tag's verdict on an asset (``pipeline/tags.py``): the classifier's score, and
+    whether it reaches the threshold chosen at training for the tolerated false-positive rate."""
+
+    score: float = Field(ge=0, le=1, description="Probability the tag applies.")
+    passed: bool = Field(description="Whether the score reaches the version's threshold.")
+    version: int = Field(description="The tag classifier's version that scored it.")
+
+
 class AssetDocument(BaseModel):
     """Everything the index knows about one media asset."""
 
@@ -66,6 +80,9 @@ class AssetDocument(BaseModel):
         default_factory=dict, description="Other manifest columns, as strings."
     )
     labels: list[Label] = Field(default_factory=list)
+    tags: dict[str, TagScore] = Field(
+        default_factory=dict, description="Custom tags learned from judgements, by name."
+    )
     embedding: list[float] | None = Field(
         default=None, description="L2-normalised image embedding (omitted from API responses)."
     )
@@ -76,6 +93,26 @@ class AssetDocument(BaseModel):
     model: str = Field(description="Backbone name from the model registry.")
     model_version: str
     ingested_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+
+class Judgement(BaseModel):
+    """A person's yes/no on whether a custom tag applies to an indexed asset: what a tag
+    classifier learns from. The latest judgement of an asset for a tag replaces earlier ones."""
+
+    tag: str
+    asset_id: str
+    uri: str = Field(description="The asset's URI when judged (kept if the asset goes away).")
+    judge: Literal[0, 1] = Field(description="1: the tag applies; 0: it does not.")
+    source: str = Field("cli", description="Where the judgement came from (cli, api, file).")
+    judged_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    @property
+    def id(self) -> str:
+        return judgement_id(self.tag, self.asset_id)
+
+
+def judgement_id(tag: str, asset_id: str) -> str:
+    return f"{tag}/{asset_id}"
 
 
 class QuarantineRecord(BaseModel):
@@ -247,6 +284,7 @@ ASSET_FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("keywords", "keywords", "Keywords from the manifest.", True, analyzed=True),
     FieldSpec("metadata", "json", "Other manifest columns, as strings."),
     FieldSpec("labels", "labels", "Labels with confidences and parents."),
+    FieldSpec("tags", "json", "Custom tags: name -> score, passed, classifier version."),
     FieldSpec("embedding", "vector", "L2-normalised image embedding."),
     FieldSpec("regions", "regions", "Region boxes and vectors, a document's many vectors."),
     FieldSpec("model", "keyword", "Backbone name from the model registry.", filterable=True),
@@ -277,6 +315,20 @@ ASSET_FIELDS: tuple[FieldSpec, ...] = (
         stores=frozenset({"embedded"}),
     ),
     FieldSpec(
+        "tag_names",
+        "keywords",
+        "The custom tags an asset passes, for tag filters.",
+        filterable=True,
+        derive=lambda doc: sorted(name for name, tag in doc.tags.items() if tag.passed),
+    ),
+    FieldSpec(
+        "tag_versions",
+        "keywords",
+        "Custom tags as NAME@VERSION of the classifier that scored them, to find stale ones.",
+        filterable=True,
+        derive=lambda doc: sorted(f"{name}@{tag.version}" for name, tag in doc.tags.items()),
+    ),
+    FieldSpec(
         "text",
         "text",
         "Title, description and keywords in one column, for its full-text index.",
@@ -296,6 +348,24 @@ QUARANTINE_FIELDS: tuple[FieldSpec, ...] = (
     FieldSpec("quarantined_at", "date", "When.", filterable=True),
 )
 """The quarantine log: one record per file that could not be indexed."""
+
+
+JUDGEMENT_FIELDS: tuple[FieldSpec, ...] = (
+    FieldSpec(
+        "id",
+        "keyword",
+        "TAG/ASSET_ID: one judgement per asset and tag.",
+        filterable=True,
+        derive=lambda judgement: judgement.id,
+    ),
+    FieldSpec("tag", "keyword", "The custom tag judged.", filterable=True),
+    FieldSpec("asset_id", "keyword", "The asset judged.", filterable=True),
+    FieldSpec("uri", "keyword", "The asset's URI when judged."),
+    FieldSpec("judge", "integer", "1: the tag applies; 0: it does not.", filterable=True),
+    FieldSpec("source", "keyword", "Where it came from: cli, api, file.", filterable=True),
+    FieldSpec("judged_at", "date", "When.", filterable=True),
+)
+"""The judgements custom tags are trained from."""
 
 
 RUN_FIELDS: tuple[FieldSpec, ...] = (

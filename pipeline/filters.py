@@ -88,6 +88,13 @@ def all_of(items: Sequence[Filter]) -> Filter | None:
     return items[0] if len(items) == 1 else And(tuple(items))
 
 
+def any_of(items: Sequence[Filter]) -> Filter | None:
+    """The disjunction of ``items``: ``None`` (no filter) for none, the item itself for one."""
+    if not items:
+        return None
+    return items[0] if len(items) == 1 else Or(tuple(items))
+
+
 def matches(node: Filter | None, doc: AssetDocument) -> bool:
     """Whether ``doc`` passes ``node`` (``None``: no filter, everything passes)."""
     match node:

@@ -7,7 +7,8 @@ writer), each timed per batch so a slow stage shows up in the run's summary:
   and resize files ahead of the model, each file under a time limit, up to two batches ahead,
   across batch boundaries;
 * **mapper** (``embed``): one batched model call per batch, giving embeddings and ImageNet
-  probabilities, turned into labels; files that could not be decoded become quarantine records;
+  probabilities, turned into labels, then custom tags (``pipeline/tags.py``: no model call);
+  files that could not be decoded become quarantine records;
 * **writer**: ``IndexWriter`` upserts the documents into one model version's index and keeps
   the quarantine log in step (rollouts bring their own writer, ``pipeline/rollout.py``).
 
@@ -52,6 +53,7 @@ from pipeline.label import Labeler, get_labeler
 from pipeline.library import Library
 from pipeline.settings import Settings, get_settings
 from pipeline.store.base import BulkWriteError, DocumentIndex, QuarantineLog
+from pipeline.tags import Tagger
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -191,9 +193,15 @@ def read(
 # -- mapper ------------------------------------------------------------------------------------
 
 
-def embed(items: list[Loaded], embedder: Embedder, labeler: Labeler, settings: Settings) -> Mapped:
-    """Documents for the decodable items (one model call), quarantine records for the others.
-    Writes nothing."""
+def embed(
+    items: list[Loaded],
+    embedder: Embedder,
+    labeler: Labeler,
+    settings: Settings,
+    tagger: Tagger | None = None,
+) -> Mapped:
+    """Documents for the decodable items (one model call, then the custom tags of ``tagger``
+    from their embeddings and labels), quarantine records for the others. Writes nothing."""
     failed = [_record(item, item.file.error) for item in items if item.file.error is not None]
     good = [i for i in items if i.file.pixels is not None]
     if not good:
@@ -228,7 +236,7 @@ def embed(items: list[Loaded], embedder: Embedder, labeler: Labeler, settings: S
             zip(good, prediction.embeddings, labels, strict=True)
         )
     ]
-    return Mapped(items, docs, failed)
+    return Mapped(items, tagger(docs) if tagger else docs, failed)
 
 
 def _file_fields(item: Loaded) -> dict[str, Any]:
@@ -314,9 +322,10 @@ def run_stages(
     meanwhile)."""
 
     labeler = get_labeler()
+    tagger = Tagger.load(embedder.model_id, settings)
     for number, (items, read_wait) in enumerate(read(batches, embedder.spec, settings), 1):
         start = time.perf_counter()
-        mapped = embed(items, embedder, labeler, settings)
+        mapped = embed(items, embedder, labeler, settings, tagger)
         embedded = time.perf_counter()
         result = write(mapped)
         timings = {

@@ -1,10 +1,10 @@
 """The library: one handle on everything a deployment keeps, opened the same way by the CLI, the
 search API and the DAGs.
 
-``Library.open(settings)`` connects to the store ``LOOKALIKE_STORE`` names and offers its four
+``Library.open(settings)`` connects to the store ``LOOKALIKE_STORE`` names and offers its five
 concerns (``pipeline/store/base.py``): the ``catalogue`` of model versions' indexes and the
-alias, each version's ``index``, the ``quarantine`` log and the ``runs`` log, plus a
-``searcher`` over the version searches use.
+alias, each version's ``index``, the ``quarantine`` and ``runs`` logs and the ``judgements``
+of custom tags, plus a ``searcher`` over the version searches use.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pipeline.store.base import (
     Backend,
     DocumentIndex,
     IndexCatalogue,
+    JudgementLog,
     QuarantineLog,
     RunLog,
 )
@@ -48,6 +49,10 @@ class Library:
     @property
     def runs(self) -> RunLog:
         return self.backend.runs
+
+    @property
+    def judgements(self) -> JudgementLog:
+        return self.backend.judgements
 
     def active_model(self) -> str:
         """The model version searches and scheduled ingests use: the one the alias names, or

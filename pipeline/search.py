@@ -23,7 +23,7 @@ decoding and model as ingestion, for the CLI and the API.
 from __future__ import annotations
 
 import math
-from typing import Literal, Self
+from typing import Annotated, Literal, Self
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pipeline import filters, regions
 from pipeline.backbones import get_spec
 from pipeline.decode import decode_image
-from pipeline.document import AssetDocument, Label
+from pipeline.document import TAG_NAME, AssetDocument, Label
 from pipeline.embed import Embedder
 from pipeline.label import Labeler
 from pipeline.settings import Settings, get_settings
@@ -69,6 +69,9 @@ class LabelFilter(BaseModel):
     def node(self) -> filters.HasLabel:
         return filters.HasLabel(self.name, self.min_confidence)
 
+
+TagName = Annotated[str, Field(pattern=f"^{TAG_NAME}$", description="A custom tag's name.")]
+"""The custom tag names filters accept (``pipeline.tags.check_name`` says why)."""
 
 METADATA_KEY_FORBIDDEN = frozenset("=<>!~")
 
@@ -146,6 +149,12 @@ class SearchRequest(BaseModel):
         default_factory=list, description="At least one must match."
     )
     labels_none: list[LabelFilter] = Field(default_factory=list, description="None may match.")
+    tags: list[TagName] = Field(
+        default_factory=list, description="Custom tags every hit must pass (`lookalike tags`)."
+    )
+    tags_none: list[TagName] = Field(
+        default_factory=list, description="Custom tags no hit may pass."
+    )
     metadata: dict[str, list[str]] = Field(
         default_factory=dict, description="Metadata key -> accepted values (any of them)."
     )
@@ -187,6 +196,9 @@ class SearchRequest(BaseModel):
             filters.Term(f"{filters.METADATA_PREFIX}{key}", tuple(values))
             for key, values in sorted(self.metadata.items())
         ]
+        items += [filters.Term("tag_names", (tag,)) for tag in self.tags]
+        if self.tags_none:
+            items.append(filters.Not(filters.Term("tag_names", tuple(self.tags_none))))
         if self.exclude_ids:
             items.append(filters.Not(filters.Term("id", tuple(self.exclude_ids))))
         return filters.all_of(items)

@@ -23,6 +23,8 @@ import pandas as pd
 import pytest
 from support import Searcher
 
+from pipeline import filters, tags
+from pipeline.document import Judgement
 from pipeline.library import Library
 from pipeline.search import SearchRequest
 from pipeline.settings import Settings
@@ -295,6 +297,24 @@ def test_ingest_dag_indexes_once_writes_nothing_again_and_removes_deleted_files(
         assert lib.index().count() == good - 1
         assert set(lib.states(lib.index())) == before - {gone_id}, "exactly that asset"
     assert asset_events(third)[0]["deleted"] == 1
+
+    # A tag trained between runs reaches the whole library with the next run, with no file
+    # changed (apply_tags), and only once.
+    with Library.open(Settings()) as lib:
+        index = lib.index()
+        docs = index.get(list(index.states()))
+        judged = [
+            Judgement(tag="kitty", asset_id=i, uri=d.uri, judge=int("chelsea" in d.uri))
+            for i, d in sorted(docs.items())
+        ]
+        tags.train("kitty", judged, index, lib.settings)
+    fourth = run(dag, **conf)
+    assert fourth.state == "success", states(fourth)
+    assert xcom(fourth, "apply_tags")["scored"] == good - 1
+    with Library.open(Settings()) as lib:
+        passing = lib.index().count(filters.Term("tag_names", ("kitty",)))
+        assert passing == sum(j.judge for j in judged) > 0, "the cat photos, and only those"
+    assert xcom(run(dag, **conf), "apply_tags")["scored"] == 0, "nothing stale the next time"
 
 
 def test_a_retried_batch_duplicates_nothing(embedder, lookalike: dict[str, Path]) -> None:

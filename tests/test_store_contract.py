@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from pipeline import filters
-from pipeline.document import AliasSwitch, AssetDocument, IngestSummary, Label
+from pipeline import filters, tags
+from pipeline.document import AliasSwitch, AssetDocument, IngestSummary, Judgement, Label, TagScore
 from pipeline.ingest import ingest
 from pipeline.library import Library
 from pipeline.search import LabelFilter, Searcher, SearchRequest, similarity
@@ -485,6 +485,63 @@ def test_the_run_log_keeps_every_run(library: Store) -> None:
     assert runs == sorted(runs, key=lambda r: r.started_at, reverse=True)
 
 
+def test_judgements_are_kept_one_per_asset_and_tag_and_removed(library: Store) -> None:
+    log = library.library.judgements
+    ids = sorted(library.index.states())[:3]
+    log.add([Judgement(tag="room", asset_id=i, uri=f"file:///{i}", judge=1) for i in ids])
+    log.add([Judgement(tag="room", asset_id=ids[0], uri="file:///again", judge=0, source="api")])
+    log.add([Judgement(tag="plant", asset_id=ids[1], uri="file:///p", judge=1)])
+    try:
+        room = log.judgements("room")
+        assert [(j.asset_id, j.judge) for j in room] == [(ids[0], 0), (ids[1], 1), (ids[2], 1)]
+        assert room[0].source == "api" and room[0].uri == "file:///again", "the latest wins"
+        assert [j.tag for j in log.judgements()] == ["plant", "room", "room", "room"]
+        assert log.remove("room") == 3 and log.judgements("room") == []
+        assert [j.tag for j in log.judgements()] == ["plant"]
+    finally:
+        log.remove("room")
+        log.remove("plant")
+
+
+def test_a_tag_learned_from_judgements_filters_like_a_label(
+    library: Store, documents: dict[str, AssetDocument], tmp_path: Path
+) -> None:
+    """Trained from the store's own documents (read with their vectors), applied by reading
+    and rewriting them, filtered by the store: the same verdicts as scoring the reference
+    documents in Python, and the documents otherwise unchanged."""
+    settings = library.library.settings.model_copy(update={"home": tmp_path})
+    judged = [
+        Judgement(tag="kitty", asset_id=i, uri=d.uri, judge=int("chelsea" in d.uri))
+        for i, d in sorted(documents.items())
+    ]
+    trained = tags.train("kitty", judged, library.index, settings)
+    shared = Library(library.library.backend, settings)
+    before = library.index.get(list(documents), with_embedding=True)
+    try:
+        assert tags.apply(shared).scored == len(documents)
+        expected = (
+            trained.weights.score(list(documents.values()), "both") >= trained.classifier.threshold
+        )
+        passing = {i for i, ok in zip(documents, expected, strict=True) if ok}
+        assert passing == {j.asset_id for j in judged if j.judge}
+        where = filters.Term("tag_names", ("kitty",))
+        assert set(library.index.scan(where, 0, 100)) == passing
+        assert library.index.count(filters.Not(where)) == len(documents) - len(passing)
+        got = library.search(SearchRequest(tags=["kitty"], labels_all=[LabelFilter(name="Cat")]))
+        assert {h.id for h in got.hits} == passing & {
+            i for i, d in documents.items() if any(lab.name == "Cat" for lab in d.labels)
+        }
+        stale = tags.Tagger.load(library.index.model_id, settings).stale()
+        assert library.index.count(stale) == 0 and tags.apply(shared).scored == 0
+        after = library.index.get(list(documents), with_embedding=True)
+        for i, doc in before.items():
+            assert after[i].tags["kitty"].passed == (i in passing)
+            assert after[i].model_copy(update={"tags": {}}) == doc
+    finally:
+        tags.remove(shared, "kitty")
+    assert library.index.count(filters.Term("tag_versions", ("kitty@1",))) == 0
+
+
 @pytest.mark.parametrize("cluster", ["opensearch", "elasticsearch"])
 def test_a_run_log_made_by_an_earlier_version_takes_the_new_fields(
     cluster: str, request: pytest.FixtureRequest, tmp_path: Path
@@ -572,12 +629,13 @@ def test_one_percent_filter_returns_k_exact_hits_then_the_alias_moves_and_back(
 
 
 @pytest.mark.parametrize("store_kind", KINDS)
-def test_an_index_from_before_region_search_takes_documents_with_regions(
+def test_an_index_from_before_regions_and_tags_takes_documents_with_them(
     store_kind: str, request: pytest.FixtureRequest, tmp_path: Path, documents
 ) -> None:
-    """A table or index written before region vectors existed (no regions column or field,
-    a strict mapping on the clusters) gets them on first use: its documents stay readable with
-    no regions, and new documents are written with theirs."""
+    """A table or index written before region vectors and custom tags existed (no such
+    columns or fields, a strict mapping on the clusters) gets them on first use: its documents
+    stay readable with no regions and no tags (and count as not scored by any tag), and new
+    documents are written with theirs."""
     old, new = list(documents.values())[:2]
     model_id = f"{old.model}@{old.model_version}"
     dim = len(old.embedding or ())
@@ -588,7 +646,11 @@ def test_an_index_from_before_region_search_takes_documents_with_regions(
     with Library.open(settings) as library:
         backend = library.backend
         index = library.index(model_id)
-        before = tuple(f for f in FIELDS if f.kind != "regions")
+        later = ("regions", "tags", "tag_names", "tag_versions")
+        before = tuple(f for f in FIELDS if f.name not in later)
+        tagged = new.model_copy(
+            update={"tags": {"kitty": TagScore(score=0.9, passed=True, version=1)}}
+        )
         if store_kind == "embedded":
             schema = arrow_schema(before, dim).with_metadata({"model_id": model_id})
             rows = [to_row(old.model_copy(update={"regions": []}), before)]
@@ -597,21 +659,26 @@ def test_an_index_from_before_region_search_takes_documents_with_regions(
             drop = lambda: backend.client.indices.delete(index=index.name, ignore=[404])  # noqa: E731
             drop()
             body = create_body(backend.asset_template(settings, dim), model_id=model_id)
-            del body["mappings"]["properties"]["regions"]
+            for name in later:
+                del body["mappings"]["properties"][name]
             backend.create(index.name, body)
             backend.client.index(
                 index=index.name,
                 id=old.id,
                 body=to_source(
                     old.model_copy(update={"regions": []}),
-                    tuple(f for f in CLUSTER_FIELDS if f.kind != "regions"),
+                    tuple(f for f in CLUSTER_FIELDS if f.name not in later),
                 ),
                 refresh=True,
             )
-        assert index.upsert([new]) == 1
+        assert index.upsert([tagged]) == 1
         index.optimize()
         got = index.get([old.id, new.id], with_embedding=True)
         assert got[old.id].regions == [] and len(got[new.id].regions) == 29
+        assert got[old.id].tags == {} and got[new.id].tags == tagged.tags
+        unscored = filters.Not(filters.Term("tag_versions", ("kitty@1",)))
+        assert index.scan(unscored, 0, 10) == [old.id]
+        assert index.scan(filters.Term("tag_names", ("kitty",)), 0, 10) == [new.id]
         vector = new.regions[0].embedding
         assert index.knn(vector, None, 2, regions=True).scored[0][0] == new.id
         if store_kind != "embedded":

@@ -15,24 +15,23 @@ Each training run is a numbered version under ``<model_dir>/trained/<name>/<vers
 * ``validation.csv``: the held-out images and their labels (classes never trained on), the
   set the rollout quality gate measures the old and the new model on.
 
-A version is written into a temporary folder and renamed into place, so the registry never holds
-half of one. Its name is ``<backbone>-<head>-<name>`` (``mobilenet_v2-arcface-shoes``) and its
-id ``<name>@<version>``, like the built-in models; the model the stores see is the backbone with
-the head appended (stock Keras layers), so it embeds, caches and loads like any other.
+A version is written atomically (``pipeline/registry.py``). Its name is
+``<backbone>-<head>-<name>`` (``mobilenet_v2-arcface-shoes``) and its id ``<name>@<version>``,
+like the built-in models; the model the stores see is the backbone with the head appended (stock
+Keras layers), so it embeds, caches and loads like any other.
 """
 
 from __future__ import annotations
 
 import csv
-import os
-import shutil
-import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from pydantic import BaseModel, Field
+
+from pipeline import registry
 
 if TYPE_CHECKING:
     import keras
@@ -72,12 +71,7 @@ def root(model_dir: Path) -> Path:
 
 def versions(name: str, model_dir: Path) -> list[int]:
     """The versions of ``name`` in the registry, oldest first."""
-    folder = root(model_dir) / name
-    if not folder.is_dir():
-        return []
-    return sorted(
-        int(p.name) for p in folder.iterdir() if p.name.isdigit() and (p / "model.json").is_file()
-    )
+    return registry.versions(root(model_dir) / name, "model.json")
 
 
 def folder(name: str, version: int, model_dir: Path) -> Path:
@@ -95,10 +89,10 @@ def find(name: str, model_dir: Path, version: int | None = None) -> TrainedModel
 
 def all_models(model_dir: Path) -> list[TrainedModel]:
     """Every trained version, by name and version."""
-    base = root(model_dir)
-    names = sorted(p.name for p in base.iterdir()) if base.is_dir() else []
     found = [
-        find(name, model_dir, version) for name in names for version in versions(name, model_dir)
+        find(name, model_dir, version)
+        for name in registry.names(root(model_dir))
+        for version in versions(name, model_dir)
     ]
     return [m for m in found if m is not None]
 
@@ -113,11 +107,7 @@ def write(
     """Write a version atomically (a temporary folder renamed into place) and return its
     folder; a version that exists already is never overwritten."""
     target = folder(record.name, record.version, model_dir)
-    if target.exists():
-        raise FileExistsError(f"{record.model_id} exists already in {target.parent}")
-    tmp = target.parent / f".{record.version}.{uuid.uuid4().hex}.tmp"
-    tmp.mkdir(parents=True)
-    try:
+    with registry.new_version(target) as tmp:
         np.savez(tmp / "head.npz", **head)
         np.savez(tmp / "gallery.npz", **gallery)
         with (tmp / "validation.csv").open("w", newline="") as out:
@@ -125,9 +115,6 @@ def write(
             rows.writerow(["path", "label"])
             rows.writerows((str(path), label) for path, label in validation)
         (tmp / "model.json").write_text(record.model_dump_json(indent=1))
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 

@@ -44,6 +44,7 @@ def mapping_files(settings: Settings, dim: int) -> dict[str, dict[str, Any]]:
         "elasticsearch-template-assets.json": ElasticsearchBackend.asset_template(settings, dim),
         "template-quarantine.json": logs[f"{base}-quarantine"],
         "template-runs.json": logs[f"{base}-runs"],
+        "template-judgements.json": logs[f"{base}-judgements"],
     }
 
 

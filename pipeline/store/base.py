@@ -1,6 +1,6 @@
 """What a store offers the core, split by concern, and nothing more.
 
-A deployment keeps four kinds of records, and each store (``embedded.py``: LanceDB on local
+A deployment keeps five kinds of records, and each store (``embedded.py``: LanceDB on local
 disk; ``opensearch.py`` and ``elasticsearch.py``: a cluster) implements each of them:
 
 * ``IndexCatalogue``: one index per model version, and the alias that names the version
@@ -9,7 +9,8 @@ disk; ``opensearch.py`` and ``elasticsearch.py``: a cluster) implements each of 
   core's ``Searcher`` builds every search from: ``knn``, ``bm25``, ``count``, ``get`` and
   ``scan``, each taking one filter tree (``pipeline/filters.py``) that the store translates;
 * ``QuarantineLog``: the files that could not be indexed, with the reason;
-* ``RunLog``: what every ingestion run did, and every alias switch.
+* ``RunLog``: what every ingestion run did, and every alias switch;
+* ``JudgementLog``: people's yes/no judgements of custom tags, which tag classifiers learn from.
 
 ``Backend`` bundles them for one store; ``pipeline.library.Library`` is the handle the CLI,
 the API and the DAGs open. Every failure a caller should report (the cluster unreachable, a
@@ -28,6 +29,7 @@ from pipeline.document import (
     AliasSwitch,
     AssetDocument,
     IngestSummary,
+    Judgement,
     QuarantineRecord,
     StoredState,
 )
@@ -249,12 +251,30 @@ class RunLog(ABC):
         """The most recent alias switches."""
 
 
+class JudgementLog(ABC):
+    """Judgements of custom tags, one per asset and tag (a new one replaces the old), shared by
+    every model version (they are about assets, not vectors)."""
+
+    @abstractmethod
+    def add(self, judgements: Sequence[Judgement]) -> None:
+        """Record (or replace) these judgements."""
+
+    @abstractmethod
+    def judgements(self, tag: str | None = None) -> list[Judgement]:
+        """Every judgement (of ``tag``), by tag and asset id."""
+
+    @abstractmethod
+    def remove(self, tag: str) -> int:
+        """Forget every judgement of ``tag``; return how many there were."""
+
+
 class Backend(ABC):
     """One store: its catalogue, its logs, and an index per model version."""
 
     catalogue: IndexCatalogue
     quarantine: QuarantineLog
     runs: RunLog
+    judgements: JudgementLog
 
     @abstractmethod
     def index(self, model_id: str) -> DocumentIndex:

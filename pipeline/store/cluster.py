@@ -32,6 +32,7 @@ from pydantic import BaseModel
 from pipeline import filters
 from pipeline.document import (
     ASSET_FIELDS,
+    JUDGEMENT_FIELDS,
     QUARANTINE_FIELDS,
     RUN_FIELDS,
     STATE_FIELDS,
@@ -39,6 +40,7 @@ from pipeline.document import (
     AssetDocument,
     FieldSpec,
     IngestSummary,
+    Judgement,
     QuarantineRecord,
     StoredState,
     field,
@@ -52,6 +54,7 @@ from pipeline.store.base import (
     DocumentIndex,
     IndexCatalogue,
     IndexInfo,
+    JudgementLog,
     QuarantineLog,
     Ranking,
     RunLog,
@@ -111,6 +114,10 @@ def quarantine_index(base: str) -> str:
 
 def runs_index(base: str) -> str:
     return f"{base}-runs"
+
+
+def judgements_index(base: str) -> str:
+    return f"{base}-judgements"
 
 
 # -- mappings, from the field tables -------------------------------------------------------------
@@ -243,6 +250,12 @@ def log_templates(base: str, settings: Settings) -> dict[str, dict[str, Any]]:
             index_settings(1),
             properties(RUN_FIELDS, analyzer),
             "ingestion runs and alias switches",
+        ),
+        f"{base}-judgements": template(
+            [judgements_index(base)],
+            index_settings(1),
+            properties(JUDGEMENT_FIELDS, analyzer),
+            "judgements of custom tags",
         ),
     }
 
@@ -570,6 +583,7 @@ class ClusterBackend(Backend):
         self.catalogue = ClusterCatalogue(self)
         self.quarantine = ClusterQuarantine(self)
         self.runs = ClusterRunLog(self)
+        self.judgements = ClusterJudgements(self)
 
     # -- what a backend adds -------------------------------------------------------------------
 
@@ -637,7 +651,7 @@ class ClusterBackend(Backend):
         for name, body in self.templates(dim).items():
             self.client.indices.put_index_template(name=name, body=body)
             applied.append(f"index template {name}")
-        for index in (quarantine_index(self.alias), runs_index(self.alias)):
+        for index in log_templates(self.alias, self.settings):
             self.ensure_log(index)
         return applied
 
@@ -659,9 +673,7 @@ class ClusterBackend(Backend):
         never auto-creates them with guessed field types."""
         if index in self._ready:
             return
-        base = self.alias
-        name = f"{base}-quarantine" if index == quarantine_index(base) else f"{base}-runs"
-        log_template = log_templates(base, self.settings)[name]
+        log_template = log_templates(self.alias, self.settings)[index]
         if not self.client.indices.exists(index=index):
             self.create(index, create_body(log_template))
         else:
@@ -741,10 +753,13 @@ class ClusterBackend(Backend):
         response = self.search(index, body)
         return response["hits"]["hits"] if response else []
 
-    def sources(self, index: str, fields: list[str] | None = None) -> Iterator[dict[str, Any]]:
-        """Every document's ``_source`` (scroll, so any number of them); none if no index."""
+    def sources(
+        self, index: str, fields: list[str] | None = None, query: dict[str, Any] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every document's ``_source`` (matching ``query``; scroll, so any number of them);
+        none if no index."""
         self.refresh()
-        body: dict[str, Any] = {"query": {"match_all": {}}}
+        body: dict[str, Any] = {"query": query or {"match_all": {}}}
         if fields is not None:
             body["_source"] = fields
         try:
@@ -838,7 +853,7 @@ class ClusterIndex(DocumentIndex):
 
     def _read_mapping(self) -> int | None:
         """The existing index's vector dimension, read once (``None``: no index yet); an index
-        from before region search gets its ``regions`` field on the way."""
+        from an earlier version gets the fields added since on the way."""
         if self._dimension is None:
             try:
                 mapping = plain_body(self.client.indices.get_mapping(index=self.name))
@@ -846,18 +861,19 @@ class ClusterIndex(DocumentIndex):
                 return None
             mappings = next(iter(mapping.values()))["mappings"]
             self._dimension = int(mappings.get("_meta", {})["dimension"])
-            if "regions" not in mappings.get("properties", {}):
-                self._add_regions(self._dimension)
+            self._add_missing(self._dimension, mappings.get("properties", {}))
         return self._dimension
 
-    def _add_regions(self, dim: int) -> None:
-        """Indexes created before region search have no ``regions`` field, and their strict
-        mapping would refuse every new document: add the field (a new field is a mapping
-        update, no reindex). Their documents have no regions until they are re-embedded."""
-        log.warning("adding the regions field to the index %s", self.name)
+    def _add_missing(self, dim: int, known: dict[str, Any]) -> None:
+        """Indexes created by an earlier version lack the fields added since (regions, custom
+        tags), and their strict mapping would refuse every new document: add them (a new field
+        is a mapping update, no reindex). Old documents get their regions when re-embedded,
+        their tags when ``lookalike tags apply`` scores them."""
         template = self.backend.asset_template(self.settings, dim)
-        regions = template["template"]["mappings"]["properties"]["regions"]
-        self.client.indices.put_mapping(index=self.name, body={"properties": {"regions": regions}})
+        wanted = template["template"]["mappings"]["properties"]
+        if missing := {k: v for k, v in wanted.items() if k not in known}:
+            log.warning("adding the fields %s to the index %s", ", ".join(missing), self.name)
+            self.client.indices.put_mapping(index=self.name, body={"properties": missing})
 
     @reported
     def optimize(self) -> None:
@@ -982,6 +998,38 @@ class ClusterRunLog(RunLog):
     def switches(self, limit: int = 20) -> list[AliasSwitch]:
         found = self.backend.hits(self.name, runs_body("switch", limit))
         return [from_source(h["_source"], AliasSwitch) for h in found]
+
+
+class ClusterJudgements(JudgementLog):
+    def __init__(self, backend: ClusterBackend) -> None:
+        self.backend = backend
+        self.name = judgements_index(backend.alias)
+
+    @reported
+    def add(self, judgements: Sequence[Judgement]) -> None:
+        if judgements:
+            self.backend.ensure_log(self.name)
+            latest = {j.id: j for j in judgements}
+            self.backend.bulk(
+                [
+                    index_action(self.name, key, to_source(j, JUDGEMENT_FIELDS))
+                    for key, j in latest.items()
+                ]
+            )
+
+    @reported
+    def judgements(self, tag: str | None = None) -> list[Judgement]:
+        where = None if tag is None else {"term": {"tag": tag}}
+        found = [from_source(s, Judgement) for s in self.backend.sources(self.name, query=where)]
+        return sorted(found, key=lambda j: (j.tag, j.asset_id))
+
+    @reported
+    def remove(self, tag: str) -> int:
+        # Deleted by id, not by query: _delete_by_query lives in a module (reindex) that not
+        # every node has, and a tag's judgements are few.
+        found = self.judgements(tag)
+        self.backend.bulk([delete_action(self.name, j.id) for j in found])
+        return len(found)
 
 
 def _source(documents: bool) -> Any:

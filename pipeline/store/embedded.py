@@ -43,6 +43,7 @@ from pydantic import BaseModel
 from pipeline import filters
 from pipeline.document import (
     ASSET_FIELDS,
+    JUDGEMENT_FIELDS,
     QUARANTINE_FIELDS,
     RUN_FIELDS,
     STATE_FIELDS,
@@ -50,6 +51,7 @@ from pipeline.document import (
     AssetDocument,
     FieldSpec,
     IngestSummary,
+    Judgement,
     Label,
     QuarantineRecord,
     StoredState,
@@ -65,6 +67,7 @@ from pipeline.store.base import (
     DocumentIndex,
     IndexCatalogue,
     IndexInfo,
+    JudgementLog,
     QuarantineLog,
     Ranking,
     RunLog,
@@ -134,7 +137,9 @@ def from_row(row: dict[str, Any], fields: Sequence[FieldSpec]) -> dict[str, Any]
     for spec in fields:
         if spec.stored and spec.name in row:
             value = row[spec.name]
-            if spec.kind == "json" and value:
+            if spec.kind == "json":
+                if value is None:  # a column added after the row was written: the default
+                    continue
                 value = json.loads(value)
             elif spec.kind == "regions":
                 boxes = row.get(REGION_BOXES) or []
@@ -187,6 +192,7 @@ class EmbeddedBackend(Backend):
         self.catalogue = EmbeddedCatalogue(self)
         self.quarantine = EmbeddedQuarantine(self)
         self.runs = EmbeddedRunLog(self)
+        self.judgements = EmbeddedJudgements(self)
 
     def index(self, model_id: str) -> EmbeddedIndex:
         return EmbeddedIndex(self, model_id)
@@ -271,23 +277,31 @@ class EmbeddedIndex(DocumentIndex):
     def table(self) -> lancedb.table.Table | None:
         if self._table is None:
             self._table = self.backend.open_table(self.name)
-            if self._table is not None and "vector" in self._table.schema.names:
-                self._migrate(self._table)
-            if self._table is not None and "regions" not in self._table.schema.names:
-                self._add_regions(self._table)
+            if self._table is not None:
+                legacy = "vector" in self._table.schema.names
+                if legacy:
+                    self._migrate(self._table)
+                self._add_missing(self._table)
+                if legacy:
+                    self.optimize()
         return self._table
 
-    def _add_regions(self, table: lancedb.table.Table) -> None:
-        """Tables written before region search have no region columns: add them, empty (the
-        documents have no regions until a rollout or a change re-embeds them)."""
-        log.warning("adding the region columns to the table %s", self.name)
+    def _add_missing(self, table: lancedb.table.Table) -> None:
+        """Tables written by an earlier version lack the columns of later fields (regions,
+        custom tags): add them, empty (a document gets its regions when it is re-embedded, its
+        tags when ``lookalike tags apply`` scores it)."""
         dim = table.schema.field("embedding").type.list_size
-        schema = arrow_schema([field(ASSET_FIELDS, "regions")], dim)
-        table.add_columns(list(schema))
+        names = set(table.schema.names)
+        missing = [f for f in FIELDS if f.name not in names]
+        if missing:
+            added = ", ".join(f.name for f in missing)
+            log.warning("adding the columns %s to the table %s", added, self.name)
+            table.add_columns(list(arrow_schema(missing, dim)))
 
     def _migrate(self, table: lancedb.table.Table) -> None:
         """Tables written by Lookalike 0.1 name two columns differently and have a full-text
-        index without positions (phrases failed): rename, and build the indexes again."""
+        index without positions (phrases failed): rename, and drop the indexes (the caller builds
+        them again once the columns added since are there)."""
         log.warning("upgrading the table %s to the current layout", self.name)
         for index in table.list_indices():
             table.drop_index(index.name)
@@ -295,7 +309,6 @@ class EmbeddedIndex(DocumentIndex):
             {"path": "vector", "rename": "embedding"},
             {"path": "metadata_json", "rename": "metadata"},
         )
-        self.optimize()
 
     @reported
     def exists(self) -> bool:
@@ -534,7 +547,9 @@ class EmbeddedIndex(DocumentIndex):
             case filters.Or(items):
                 return "(" + " OR ".join(self.sql(i) or "true" for i in items) + ")"
             case filters.Not(item):
-                return f"NOT ({self.sql(item) or 'true'})"
+                # SQL's NOT of a null (a column added after the row was written) is null, which
+                # drops the row; the filter's meaning (``filters.matches``) keeps it.
+                return f"NOT coalesce({self.sql(item) or 'true'}, false)"
         raise TypeError(f"not a filter node: {node!r}")
 
     def _label_sql(self, node: filters.HasLabel) -> str:
@@ -617,6 +632,37 @@ class EmbeddedRunLog(RunLog):
     @reported
     def switches(self, limit: int = 20) -> list[AliasSwitch]:
         return [_model(AliasSwitch, values) for values in self._recent("switch", limit)]
+
+
+class EmbeddedJudgements(JudgementLog):
+    @reported
+    def __init__(self, backend: EmbeddedBackend) -> None:
+        name = f"{backend.settings.table}__judgements"
+        self.table = backend.open_or_create(name, arrow_schema(JUDGEMENT_FIELDS))
+
+    @reported
+    def add(self, judgements: Sequence[Judgement]) -> None:
+        if judgements:
+            latest = {j.id: j for j in judgements}  # one row per key in a merge
+            rows = [to_row(j, JUDGEMENT_FIELDS) for j in latest.values()]
+            _merge(self.table, pa.Table.from_pylist(rows, schema=self.table.schema))
+
+    @reported
+    def judgements(self, tag: str | None = None) -> list[Judgement]:
+        query = self.table.search()
+        if tag is not None:
+            query = query.where(_in_list("tag", [tag]))
+        rows = query.limit(None).to_arrow().to_pylist()
+        found = [Judgement(**from_row(r, JUDGEMENT_FIELDS)) for r in rows]
+        return sorted(found, key=lambda j: (j.tag, j.asset_id))
+
+    @reported
+    def remove(self, tag: str) -> int:
+        where = _in_list("tag", [tag])
+        count = self.table.count_rows(where)
+        if count:
+            self.table.delete(where)
+        return count
 
 
 def _upgrade_run(summary: dict[str, Any]) -> IngestSummary | AliasSwitch:
