@@ -17,9 +17,11 @@ from typing import Annotated
 import typer
 import uvicorn
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from pipeline import maps, tags
 from pipeline.backbones import REGISTRY, get_spec
 from pipeline.backbones.trained import all_models as all_trained
 from pipeline.decode import DecodeError
@@ -102,7 +104,7 @@ def _user_errors(failures: tuple[type[Exception], ...] = ()) -> Iterator[None]:
         FileNotFoundError,
         ValueError,
     ) as exc:
-        console.print(f"[bold red]error:[/] {exc}")
+        console.print(f"[bold red]error:[/] {escape(str(exc))}")
         raise typer.Exit(EXIT_FAILED if isinstance(exc, failures) else EXIT_USAGE) from None
 
 
@@ -152,6 +154,13 @@ def search(
         list[str] | None,
         typer.Option(help="Metadata filter KEY=VALUE; repeat a key to accept several values."),
     ] = None,
+    tag: Annotated[
+        list[str] | None,
+        typer.Option(help="Must pass custom tag NAME (`lookalike tags list`); repeat for more."),
+    ] = None,
+    not_tag: Annotated[
+        list[str] | None, typer.Option(help="Must not pass custom tag NAME.")
+    ] = None,
     k: Annotated[int, typer.Option("-k", min=1, max=1000, help="Number of hits.")] = 10,
     min_score: Annotated[float | None, typer.Option(help="Drop hits scoring below this.")] = None,
     hybrid: Annotated[str, typer.Option(help="rrf or linear score fusion.")] = "rrf",
@@ -185,6 +194,8 @@ def search(
             labels_any=[LabelFilter.parse(s) for s in any_label or []],
             labels_none=[LabelFilter.parse(s) for s in not_label or []],
             metadata=parse_metadata_filters(meta or []),
+            tags=tag or [],
+            tags_none=not_tag or [],
             k=k,
             min_score=min_score,
             hybrid=hybrid,
@@ -414,6 +425,7 @@ def _hits_json(response: SearchResponse) -> dict:
                 "text_score": h.text_score,
                 "title": h.document.title,
                 "labels": [lab.model_dump() for lab in h.document.labels],
+                "tags": {name: t.model_dump() for name, t in h.document.tags.items()},
                 "matched_labels": [lab.model_dump() for lab in h.matched_labels],
                 "region": h.region.model_dump() if h.region else None,
             }
@@ -743,3 +755,218 @@ def models(as_json: JsonOpt = False) -> None:
             f"{after['mAP']:.3f}, open-set F1 {after['open_set']['f1']:.3f}",
         )
     out.print(table)
+
+
+# -- lookalike tags: custom tags learned from yes/no judgements --------------------------------
+
+tags_app = typer.Typer(
+    help='Custom tags learned from yes/no judgements ("is this a whole-room photo?"): train, '
+    "apply to the library, list, show, delete. Search with --tag NAME.",
+    no_args_is_help=True,
+)
+app.add_typer(tags_app, name="tags")
+
+
+@tags_app.command("train")
+def tags_train(
+    name: Annotated[str, typer.Argument(help="Tag name: lower-case letters, digits, _.")],
+    judgements: Annotated[
+        Path | None,
+        typer.Option(help="CSV with a path (or asset_id) column and a judge column (1/0)."),
+    ] = None,
+    positives: Annotated[
+        Path | None, typer.Option(help="A folder of images the tag applies to (judged 1).")
+    ] = None,
+    negatives: Annotated[
+        Path | None, typer.Option(help="A folder of images it does not apply to (judged 0).")
+    ] = None,
+    features: Annotated[
+        str, typer.Option(help="labels (label confidences), embedding, or both.")
+    ] = "both",
+    max_fpr: Annotated[
+        float, typer.Option(help="Tolerated false-positive rate: fixes the threshold.")
+    ] = 0.05,
+    labels_per_class: Annotated[
+        int, typer.Option(help="Label features: the most frequent among yes and among no.")
+    ] = 50,
+    folds: Annotated[int, typer.Option(min=2, max=20, help="Cross-validation folds.")] = 5,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a new version of tag NAME from every judgement in the store (those made on the web
+    page or by POST /assets/{id}/judgements) plus those of --judgements or --positives/--negatives
+    (recorded in the store once training succeeds). Reports AUC across folds and the threshold
+    and recall at --max-fpr, and writes the ROC curve as a PNG."""
+    with _user_errors():
+        tags.check_name(name)
+        tags.check_fpr(max_fpr)
+        if (positives is None) != (negatives is None):
+            raise ValueError("give --positives and --negatives together")
+        given = tags.read_judgements(name, judgements) if judgements else []
+        if positives is not None and negatives is not None:
+            given += tags.folder_judgements(name, positives, negatives)
+        with Library.open() as library:
+            index = library.index()
+            stored = library.judgements.judgements(name)
+            done = tags.train(
+                name,
+                [*stored, *given],
+                index,
+                library.settings,
+                features=features,  # type: ignore[arg-type]  # checked by train
+                max_fpr=max_fpr,
+                labels_per_class=labels_per_class,
+                folds=folds,
+            )
+            skipped = {j.asset_id for j in done.skipped}
+            library.judgements.add([j for j in given if j.asset_id not in skipped])
+    tag, metrics = done.classifier, done.classifier.metrics
+    if as_json:
+        out.print_json(
+            data={
+                **tag.model_dump(mode="json"),
+                "folder": str(done.folder),
+                "skipped": [j.model_dump(mode="json") for j in done.skipped],
+            }
+        )
+        return
+    for j in done.skipped:
+        console.print(f"[yellow]skipped[/] {j.uri or j.asset_id}: not in {index.model_id}")
+    out.print(
+        f"[bold]{tag.key}[/] ({tag.features} features, {tag.model_id}): {tag.positives} yes, "
+        f"{tag.negatives} no"
+    )
+    out.print(
+        f"AUC {metrics.auc:.3f} ± {metrics.auc_std:.3f} over {metrics.folds} folds; at FPR <= "
+        f"{metrics.max_fpr:g}: threshold {metrics.threshold:.3f}, recall {metrics.recall:.3f} "
+        f"(FPR {metrics.fpr:.3f})"
+    )
+    out.print(f"ROC curve: {done.folder / 'roc.png'}")
+    out.print(f"next: lookalike tags apply {name}")
+
+
+@tags_app.command("apply")
+def tags_apply(
+    names: Annotated[
+        list[str] | None, typer.Argument(help="Tags to apply (default: every tag).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Score the assets the newest version of each tag has not scored yet (new ingests are
+    scored as they are written; this backfills after a training)."""
+    with (
+        _user_errors(failures=(StoreError,)),
+        Library.open() as library,
+        _progress(as_json) as progress,
+    ):
+        task = progress.add_task("tag", total=None)
+        applied = tags.apply(
+            library,
+            names,
+            on_progress=lambda done, total: progress.update(task, completed=done, total=total),
+        )
+    if as_json:
+        out.print_json(data=applied.model_dump(mode="json"))
+        return
+    out.print(
+        f"scored {applied.scored} assets of {applied.model} in {applied.duration_s:.1f} s; "
+        + ", ".join(f"{n}: {c} pass" for n, c in applied.passing.items())
+    )
+
+
+@tags_app.command("list")
+def tags_list(as_json: JsonOpt = False) -> None:
+    """Every tag: newest version, figures, judgements so far, assets passing it."""
+    with _user_errors(failures=(StoreError,)), Library.open() as library:
+        infos = tags.overview(library)
+    if as_json:
+        out.print_json(data=[info.model_dump(mode="json") for info in infos])
+        return
+    table = Table("tag", "version", "AUC", "recall @ FPR", "threshold", "judged", "passing")
+    for info in infos:
+        trained = info.version is not None
+        table.add_row(
+            info.name + (" [yellow](retrain: other model)[/]" if info.stale else ""),
+            str(info.version) if trained else "not trained",
+            f"{info.auc:.3f} ± {info.auc_std:.3f}" if trained else "",
+            f"{info.recall:.2f} @ {info.max_fpr:g}" if trained else "",
+            f"{info.threshold:.3f}" if trained else "",
+            str(info.judgements),
+            str(info.passing) if trained else "",
+        )
+    out.print(table)
+
+
+@tags_app.command("show")
+def tags_show(
+    name: Annotated[str, typer.Argument(help="Tag name.")],
+    version: Annotated[int | None, typer.Option(help="Version (default: the newest).")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """One version of a tag: how it was trained and how well it does."""
+    with _user_errors():
+        settings = get_settings()
+        tag = tags.find(tags.check_name(name), settings, version)
+        if tag is None:
+            which = f" version {version}" if version else ""
+            raise ValueError(f"no trained tag {name!r}{which}")
+    if as_json:
+        out.print_json(data=tag.model_dump(mode="json"))
+        return
+    m = tag.metrics
+    out.print(f"[bold]{tag.key}[/] trained {tag.created_at:%Y-%m-%d %H:%M} on {tag.model_id}")
+    out.print(
+        f"  features {tag.features} ({len(tag.vocabulary)} labels), judgements "
+        f"{tag.judgements} ({tag.positives} yes, {tag.negatives} no)"
+    )
+    out.print(
+        f"  AUC {m.auc:.3f} ± {m.auc_std:.3f} (folds: {', '.join(f'{a:.3f}' for a in m.fold_auc)})"
+    )
+    out.print(
+        f"  threshold {m.threshold:.3f}: recall {m.recall:.3f} at FPR {m.fpr:.3f} "
+        f"(tolerated {m.max_fpr:g})"
+    )
+    out.print(f"  ROC curve: {tags.folder(tag.name, tag.version, settings) / 'roc.png'}")
+
+
+@tags_app.command("delete")
+def tags_delete(
+    name: Annotated[str, typer.Argument(help="Tag name.")],
+    keep_judgements: Annotated[
+        bool, typer.Option("--keep-judgements", help="Keep its judgements to train it again.")
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete a tag: its versions, its scores on every asset, and its judgements."""
+    with _user_errors(failures=(StoreError,)):
+        tags.check_name(name)
+        if not yes and not typer.confirm(f"delete tag {name!r} and its scores on every asset?"):
+            raise typer.Exit(1)
+        with Library.open() as library:
+            untagged = tags.remove(library, name)
+            removed = tags.delete(name, library.settings)
+            judged = 0 if keep_judgements else library.judgements.remove(name)
+    out.print(
+        f"deleted {removed} version(s) of {name}, its scores on {untagged} asset(s) and "
+        f"{judged} judgement(s)"
+    )
+
+
+@app.command("map")
+def library_map(
+    limit: Annotated[int, typer.Option(min=4, help="Map at most this many assets.")] = 5000,
+    perplexity: Annotated[float, typer.Option(min=1, help="t-SNE perplexity.")] = 30.0,
+    seed: Annotated[int, typer.Option(help="Random seed of the projection.")] = 0,
+) -> None:
+    """Compute the library map the web page shows (a 2-D t-SNE of the embeddings, with
+    thumbnails where the images are): run it again after large ingests."""
+    with _user_errors(failures=(StoreError,)), Library.open() as library:
+        with console.status("mapping the library") as status:
+            computed = maps.build_map(
+                library,
+                limit=limit,
+                perplexity=perplexity,
+                seed=seed,
+                on_progress=lambda stage: status.update(stage),
+            )
+        path = maps.save_map(computed, library.settings)
+    out.print(f"mapped {len(computed.points)} of {computed.assets} assets: {path}")

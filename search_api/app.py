@@ -95,6 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_tags=[
             {"name": "search", "description": "Similarity, text, label and metadata search."},
             {"name": "assets", "description": "Indexed assets, their images and thumbnails."},
+            {"name": "tags", "description": "Custom tags learned from yes/no judgements."},
             {"name": "operations", "description": "Probes and metrics for operators."},
         ],
     )

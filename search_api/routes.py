@@ -19,8 +19,9 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 
-from pipeline.document import AssetDocument
-from pipeline.search import SearchRequest, SearchResponse, ranks_query_regions
+from pipeline import maps, tags
+from pipeline.document import AssetDocument, Judgement
+from pipeline.search import SearchRequest, SearchResponse, TagName, ranks_query_regions
 from pipeline.settings import Settings
 from pipeline.store.base import StoreError
 from search_api import media
@@ -33,12 +34,17 @@ from search_api.schemas import (
     ErrorResponse,
     FormFilters,
     Health,
+    JudgementIn,
+    JudgementOut,
+    Judgements,
     LabelCount,
     LabelCounts,
     Readiness,
     SearchHit,
     SearchQuery,
     SearchResult,
+    Tag,
+    Tags,
     ValidationErrorResponse,
     unit_vector,
 )
@@ -337,6 +343,93 @@ async def labels(
         min_confidence=min_confidence,
         labels=[LabelCount(name=name, count=count) for name, count in counts.items()],
     )
+
+
+@api.get("/tags", tags=["tags"], summary="Custom tags", response_model=Tags)
+async def list_tags(engine: EngineDep) -> Tags:
+    """Every custom tag: trained ones with their newest version's AUC, threshold and recall at
+    the tolerated false-positive rate and the assets passing it, and tags judged but not
+    trained yet (`lookalike tags train NAME` learns from the judgements)."""
+    await run_in_threadpool(engine.backend)
+    infos = await run_in_threadpool(tags.overview, engine.library())
+    return Tags(tags=[Tag.from_info(info) for info in infos])
+
+
+@api.get(
+    "/tags/{name}/roc.png",
+    tags=["tags"],
+    summary="A tag's ROC curve",
+    response_class=FileResponse,
+    responses={
+        404: _error("No trained tag of this name."),
+        200: {"description": "PNG.", "content": {"image/png": {}}},
+    },
+)
+async def tag_roc(name: Annotated[TagName, Path()], settings: SettingsDep) -> Response:
+    """The newest version's cross-validated ROC curves, marked at the chosen threshold."""
+    found = await run_in_threadpool(tags.roc_path, name, settings)
+    if found is None:
+        raise HTTPException(status_code=404, detail=f"no trained tag {name!r}")
+    return FileResponse(found, media_type="image/png")
+
+
+@api.post(
+    "/assets/{asset_id}/judgements",
+    tags=["tags"],
+    summary="Judge whether a custom tag applies to an asset",
+    status_code=201,
+    response_model=JudgementOut,
+    responses={**_NOT_FOUND, 400: _error("The body cannot be read as JSON.")},
+)
+async def add_judgement(
+    asset_id: AssetIdPath, body: JudgementIn, engine: EngineDep
+) -> JudgementOut:
+    """Record a yes (1) or no (0); it replaces this asset's earlier judgement of the tag. The
+    next `lookalike tags train TAG` learns from every judgement so far."""
+    doc = await _document(engine, asset_id)
+    library = engine.library()
+    judgement = Judgement(
+        tag=body.tag, asset_id=asset_id, uri=doc.uri, judge=body.judge, source="api"
+    )
+    await run_in_threadpool(library.judgements.add, [judgement])
+    count = len(await run_in_threadpool(library.judgements.judgements, body.tag))
+    return JudgementOut(judgement=judgement, count=count)
+
+
+@api.get("/judgements", tags=["tags"], summary="Judgements so far", response_model=Judgements)
+async def list_judgements(
+    engine: EngineDep,
+    tag: Annotated[TagName | None, Query(description="Only this tag's.")] = None,
+    asset_id: Annotated[
+        str | None,
+        Query(max_length=MAX_ASSET_ID, pattern=ASSET_ID_PATTERN, description="Only this asset's."),
+    ] = None,
+) -> Judgements:
+    """The judgements in the store (of one tag, of one asset), by tag and asset id: what the
+    web page marks its thumbs with, and what `lookalike tags train` learns from."""
+    await run_in_threadpool(engine.backend)
+    found = await run_in_threadpool(engine.library().judgements.judgements, tag)
+    return Judgements(judgements=[j for j in found if asset_id in (None, j.asset_id)])
+
+
+@api.get(
+    "/map",
+    tags=["assets"],
+    summary="The library map",
+    response_model=maps.LibraryMap,
+    responses={404: _error("No map was computed for the active model (`lookalike map`).")},
+)
+async def library_map(engine: EngineDep, settings: SettingsDep) -> maps.LibraryMap:
+    """Every asset's position on a 2-D t-SNE map of the embeddings (0..1), with its top label
+    and tags, as computed by `lookalike map` for the model searches use."""
+    backend = await run_in_threadpool(engine.backend)
+    found = await run_in_threadpool(maps.load_map, settings, backend.model_id)
+    if found is None:
+        raise HTTPException(
+            status_code=404,
+            detail=f"no map of {backend.model_id} yet: run `lookalike map` to compute it",
+        )
+    return found
 
 
 @probes.get("/healthz", summary="Liveness", response_model=Health)

@@ -22,18 +22,20 @@ from pydantic import (
 )
 from pydantic.json_schema import SkipJsonSchema
 
-from pipeline.document import AssetDocument
+from pipeline.document import AssetDocument, Judgement
 from pipeline.search import (
     MAX_LABEL_NAME,
     Hit,
     LabelFilter,
     RegionMode,
     SearchRequest,
+    TagName,
     check_box,
     metadata_key,
     parse_box,
     parse_metadata_filters,
 )
+from pipeline.tags import TagInfo, check_name
 
 MAX_K = 100
 MAX_OFFSET = 10_000
@@ -167,6 +169,14 @@ class SearchOptions(BaseModel):
         "images only, the default). A hit's `region` says which region matched, with its box.",
     )
     box: Box | None = None
+    tags: list[TagName] = Field(
+        default_factory=list,
+        max_length=MAX_FILTERS,
+        description="Custom tags every hit must pass (`GET /tags` lists them).",
+    )
+    tags_none: list[TagName] = Field(
+        default_factory=list, max_length=MAX_FILTERS, description="Custom tags no hit may pass."
+    )
 
 
 class LabelFilters(BaseModel):
@@ -287,6 +297,8 @@ def _request(options: SearchOptions, **fields: Any) -> SearchRequest:
         rrf_k=options.rrf_k,
         exclude_ids=options.exclude_ids,
         regions=options.regions,
+        tags=options.tags,
+        tags_none=options.tags_none,
         **fields,
     )
 
@@ -395,6 +407,41 @@ class SearchResult(BaseModel):
         description="What could not be done as asked, and why (e.g. a box too small for the "
         "model's grid: the whole image was searched instead).",
     )
+
+
+class JudgementIn(BaseModel):
+    """A yes/no on whether a custom tag applies to the asset."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"tag": "room", "judge": 1}]}
+    )
+
+    tag: Annotated[TagName, AfterValidator(check_name)]
+    judge: Literal[0, 1] = Field(description="1 (or true): the tag applies; 0 (or false): not.")
+
+
+class JudgementOut(BaseModel):
+    judgement: Judgement
+    count: int = Field(description="Judgements of this tag in the store now.")
+
+
+class Judgements(BaseModel):
+    judgements: list[Judgement]
+
+
+class Tag(TagInfo):
+    roc: str | None = Field(None, description="URL of the newest version's ROC curve (PNG).")
+
+    @classmethod
+    def from_info(cls, info: TagInfo) -> Tag:
+        roc = f"/tags/{info.name}/roc.png" if info.version is not None else None
+        return cls(**info.model_dump(), roc=roc)
+
+
+class Tags(BaseModel):
+    """The custom tags: trained ones with their figures, and judged ones not trained yet."""
+
+    tags: list[Tag]
 
 
 class LabelCount(BaseModel):

@@ -23,6 +23,7 @@ from PIL import Image
 from pydantic import SecretStr
 from support import CAT_COPIES, serving, stem
 
+from pipeline import maps, tags
 from pipeline.backbones import DEFAULT_MODEL, REGISTRY
 from pipeline.discover import uri_to_path
 from pipeline.embed import get_embedder, model_path
@@ -291,6 +292,97 @@ def test_label_counts_for_facets(client: TestClient) -> None:
     assert counts["Cat"] == len(CAT_COPIES)
     assert list(counts.values()) == sorted(counts.values(), reverse=True)
     assert len(body["labels"]) <= 20 and body["min_confidence"] == 50
+
+
+def test_judgements_train_a_tag_that_filters_searches(
+    client: TestClient, home: Settings, samples: Path
+) -> None:
+    """Thumbs on the web page: judgements posted per asset, then `lookalike tags train` (here
+    the same core call) learns from them; the tag filters JSON and upload searches alike."""
+    assert client.get("/tags").json() == {"tags": []}
+    every = client.post("/search", json={"k": 100}).json()["hits"]
+    for hit in every:
+        answer = client.post(
+            f"/assets/{hit['id']}/judgements",
+            json={"tag": "kitty", "judge": "chelsea" in hit["document"]["uri"]},
+        )
+        assert answer.status_code == 201, answer.text
+    assert answer.json()["count"] == len(every)
+    cat = id_of(client, "chelsea")
+    again = client.post(f"/assets/{cat}/judgements", json={"tag": "kitty", "judge": 1})
+    assert again.json()["count"] == len(every), "a new judgement replaces the asset's last one"
+    [mine] = client.get("/judgements", params={"asset_id": cat}).json()["judgements"]
+    assert len(client.get("/judgements", params={"tag": "kitty"}).json()["judgements"]) == len(
+        every
+    )
+    assert (mine["tag"], mine["judge"], mine["source"]) == ("kitty", 1, "api")
+    [untrained] = client.get("/tags").json()["tags"]
+    assert (untrained["name"], untrained["version"], untrained["judgements"]) == (
+        "kitty",
+        None,
+        len(every),
+    )
+    assert client.get("/tags/kitty/roc.png").status_code == 404
+
+    with Library.open(home) as library:
+        tags.train("kitty", library.judgements.judgements("kitty"), library.index(), home)
+        tags.apply(library)
+    try:
+        [info] = client.get("/tags").json()["tags"]
+        cats = {h["id"] for h in every if "chelsea" in h["document"]["uri"]}
+        assert (info["version"], info["passing"], info["stale"]) == (1, len(cats), False)
+        assert info["auc"] >= 0.95 and info["threshold"] > 0
+        assert info["roc"] == "/tags/kitty/roc.png" and untrained["roc"] is None
+        roc = client.get("/tags/kitty/roc.png")
+        assert roc.status_code == 200 and roc.headers["content-type"] == "image/png"
+        hits = client.post("/search", json={"tags": ["kitty"], "k": 100}).json()["hits"]
+        assert {h["id"] for h in hits} == cats
+        assert all(h["document"]["tags"]["kitty"]["passed"] for h in hits)
+        image = (samples / "originals" / "coffee.jpg").read_bytes()
+        upload = client.post(
+            "/search", files={"image": ("c.jpg", image)}, data={"tags_none": "kitty", "k": "50"}
+        )
+        assert upload.status_code == 200 and not {h["id"] for h in upload.json()["hits"]} & cats
+    finally:
+        with Library.open(home) as library:
+            tags.remove(library, "kitty")
+            tags.delete("kitty", home)
+            library.judgements.remove("kitty")
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ({"tag": "Kitty", "judge": 1}, "body.tag"),
+        ({"tag": "title", "judge": 1}, "the name of a document field"),
+        ({"tag": "kitty", "judge": 2}, "body.judge"),
+        ({"tag": "kitty"}, "body.judge"),
+        ({"tag": "kitty", "judge": 1, "why": "cute"}, "body.why"),
+    ],
+)
+def test_bad_judgements_get_422_and_unknown_assets_404(
+    client: TestClient, home: Settings, body: dict[str, Any], message: str
+) -> None:
+    response = client.post(f"/assets/{id_of(client, 'chelsea')}/judgements", json=body)
+    assert response.status_code == 422 and message in response.json()["message"], response.text
+    missing = client.post(f"/assets/{'0' * 32}/judgements", json={"tag": "kitty", "judge": 1})
+    assert missing.status_code == 404 and "no indexed asset" in missing.json()["detail"]
+    with Library.open(home) as library:
+        assert library.judgements.judgements() == [], "nothing was recorded"
+
+
+def test_the_library_map_is_served_once_computed(client: TestClient, home: Settings) -> None:
+    missing = client.get("/map")
+    assert missing.status_code == 404 and "lookalike map" in missing.json()["detail"]
+    with Library.open(home) as library:
+        path = maps.save_map(maps.build_map(library), home)
+    try:
+        body = client.get("/map").json()
+        assert body["model"] == "mobilenet_v2-imagenet@1" and len(body["points"]) == body["assets"]
+        point = body["points"][0]
+        assert 0 <= point["x"] <= 1 and 0 <= point["y"] <= 1 and point["title"]
+    finally:
+        path.unlink()
 
 
 def test_probes_and_metrics(client: TestClient, home: Settings) -> None:

@@ -4,6 +4,10 @@
 
 const PAGE = 24;
 const KEY_COOKIE = "lookalike_api_key";
+const TAG_NAME = /^[a-z][a-z0-9_]{0,39}$/; // pipeline/document.py TAG_NAME
+// Map colours: categorical, readable on light and dark backgrounds.
+const PALETTE = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1", "#ff9da7", "#9c755f"];
+const OTHER = "#9aa2b3";
 
 const $ = (id) => document.getElementById(id);
 const state = {
@@ -11,6 +15,13 @@ const state = {
   crop: null, // {x, y, w, h} in the query image's natural pixels
   text: "",
   labels: new Map(), // label name -> "all" | "none"
+  tags: new Map(), // custom tag name -> "all" (must pass) | "none" (must not)
+  knownTags: [], // GET /tags: trained and judged-only tags
+  judgeTag: null, // the tag the thumbs on the cards judge, or null
+  judgeCounts: new Map(), // tag -> judgements in the store
+  judged: new Map(), // tag -> Map(asset id -> 0 | 1): the store's judgements, once loaded
+  view: "results", // "results" | "map"
+  map: null, // GET /map
   minConfidence: 50,
   vectorWeight: 0.5,
   regions: "off", // region search mode (API `regions`)
@@ -32,7 +43,9 @@ async function api(path, options = {}) {
   const body = await response.json().catch(() => ({}));
   if (!response.ok) {
     const detail = body.message || body.detail || response.statusText;
-    throw new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
+    const error = new Error(typeof detail === "string" ? detail : JSON.stringify(detail));
+    error.status = response.status;
+    throw error;
   }
   return body;
 }
@@ -57,13 +70,17 @@ function askForKey() {
 // -- searching ----------------------------------------------------------------------------------
 
 function filters() {
-  const pick = (mode) =>
-    [...state.labels].filter(([, m]) => m === mode).map(([name]) => name);
-  return { all: pick("all"), none: pick("none") };
+  const pick = (chosen, mode) => [...chosen].filter(([, m]) => m === mode).map(([name]) => name);
+  return {
+    all: pick(state.labels, "all"),
+    none: pick(state.labels, "none"),
+    tags: pick(state.tags, "all"),
+    tagsNone: pick(state.tags, "none"),
+  };
 }
 
 async function buildRequest() {
-  const { all, none } = filters();
+  const { all, none, tags, tagsNone } = filters();
   const common = {
     k: PAGE,
     offset: state.offset,
@@ -82,12 +99,16 @@ async function buildRequest() {
     }
     for (const name of all) form.append("labels_all", `${name}:${state.minConfidence}`);
     for (const name of none) form.append("labels_none", `${name}:${state.minConfidence}`);
+    for (const name of tags) form.append("tags", name);
+    for (const name of tagsNone) form.append("tags_none", name);
     return { method: "POST", body: form };
   }
   const label = (name) => ({ name, min_confidence: state.minConfidence });
   const query = {
     ...common,
     labels: { all: all.map(label), none: none.map(label) },
+    tags,
+    tags_none: tagsNone,
   };
   if (state.source) query.asset_id = state.source.id;
   return {
@@ -99,6 +120,7 @@ async function buildRequest() {
 
 async function search({ append = false } = {}) {
   if (!append) state.offset = 0;
+  showView("results");
   inflight?.abort();
   const controller = new AbortController();
   inflight = controller;
@@ -164,9 +186,29 @@ function card(template, hit, kind) {
     chip.textContent = `${lab.name} ${Math.round(lab.confidence)}%`;
     labels.append(chip);
   }
+  node.querySelector(".tag-badges").replaceChildren(...tagBadges(doc.tags || {}));
   node.querySelector(".thumb").addEventListener("click", () => moreLikeThis(hit));
+  for (const [selector, judge] of [[".yes", 1], [".no", 0]]) {
+    node.querySelector(selector).addEventListener("click", () => judgeAsset(node, judge));
+  }
+  updateJudgeButtons(node);
   showRegion(node, hit.region);
   return node;
+}
+
+// The custom tags a hit passes, with the score in the title.
+function tagBadges(tags) {
+  return Object.entries(tags)
+    .filter(([, tag]) => tag.passed)
+    .sort(([a], [b]) => a.localeCompare(b))
+    .map(([name, tag]) => {
+      const badge = document.createElement("span");
+      badge.className = state.tags.get(name) === "all" ? "tag-badge matched" : "tag-badge";
+      badge.dataset.tag = name;
+      badge.textContent = name;
+      badge.title = `${name}: score ${tag.score.toFixed(3)} (version ${tag.version})`;
+      return badge;
+    });
 }
 
 // Where a region hit matched: a box on the hit's thumbnail ("library": the query was found
@@ -408,7 +450,7 @@ async function loadChips() {
         chip.innerHTML = `<span></span> <small></small>`;
         chip.querySelector("span").textContent = name;
         chip.querySelector("small").textContent = count;
-        chip.addEventListener("click", () => toggleLabel(chip, name));
+        chip.addEventListener("click", () => toggleChip(chip, state.labels, name));
         return chip;
       }),
     );
@@ -418,14 +460,345 @@ async function loadChips() {
   }
 }
 
-function toggleLabel(chip, name) {
-  const next = { undefined: "all", all: "none", none: undefined }[state.labels.get(name)];
-  if (next) state.labels.set(name, next);
-  else state.labels.delete(name);
+// Label and tag chips: off -> must have -> must not -> off.
+function toggleChip(chip, chosen, name) {
+  const next = { undefined: "all", all: "none", none: undefined }[chosen.get(name)];
+  if (next) chosen.set(name, next);
+  else chosen.delete(name);
   chip.classList.toggle("all", next === "all");
   chip.classList.toggle("none", next === "none");
   chip.setAttribute("aria-pressed", next ? "true" : "false");
   search();
+}
+
+// -- custom tags ----------------------------------------------------------------------------------
+// GET /tags lists trained tags (with a version) and tags judged but never trained. Trained ones
+// are filter chips and map colourings; all of them can be judged.
+
+async function loadTags() {
+  try {
+    const { tags } = await api("/tags");
+    state.knownTags = tags;
+  } catch (error) {
+    setStatus(`Tags: ${error.message}`, true);
+    return;
+  }
+  for (const tag of state.knownTags) state.judgeCounts.set(tag.name, tag.judgements);
+  const trained = state.knownTags.filter((tag) => tag.version != null);
+  $("tag-chips").replaceChildren(
+    ...trained.map((tag) => {
+      const chip = document.createElement("button");
+      chip.type = "button";
+      chip.className = "chip";
+      chip.dataset.tag = tag.name;
+      chip.setAttribute("aria-pressed", "false");
+      chip.innerHTML = `<span></span> <small></small>`;
+      chip.querySelector("span").textContent = tag.name;
+      chip.querySelector("small").textContent = tag.passing ?? "";
+      chip.title = tagSummary(tag);
+      chip.addEventListener("click", () => toggleChip(chip, state.tags, tag.name));
+      return chip;
+    }),
+  );
+  $("tags-section").hidden = !trained.length;
+  fillJudgeSelect();
+  fillMapColours();
+}
+
+function tagSummary(tag) {
+  const parts = [`${tag.name} v${tag.version}`];
+  if (tag.auc != null) parts.push(`AUC ${tag.auc.toFixed(2)} ± ${(tag.auc_std ?? 0).toFixed(2)}`);
+  if (tag.recall != null) parts.push(`recall ${Math.round(tag.recall * 100)} % at ≤ ${Math.round((tag.max_fpr ?? 0) * 100)} % false positives`);
+  if (tag.passing != null) parts.push(`${tag.passing} passing`);
+  if (tag.stale) parts.push("trained on another model: train it again");
+  return parts.join(" · ");
+}
+
+function rocUrl(tag) {
+  if (!tag || tag.version == null) return null;
+  return tag.roc || `/tags/${encodeURIComponent(tag.name)}/roc.png`;
+}
+
+// -- judging --------------------------------------------------------------------------------------
+// With a tag chosen, every card has a yes and a no button; each click records a judgement
+// (POST /assets/{id}/judgements) that `lookalike tags train TAG` learns from.
+
+function fillJudgeSelect() {
+  const select = $("judge-tag");
+  const names = new Set(state.knownTags.map((tag) => tag.name));
+  if (state.judgeTag) names.add(state.judgeTag);
+  const options = [...names].sort().map((name) => new Option(name, name));
+  select.replaceChildren(new Option("off", ""), ...options);
+  select.value = state.judgeTag || "";
+}
+
+function setJudgeTag(name) {
+  state.judgeTag = name || null;
+  fillJudgeSelect();
+  updateAllJudgeButtons();
+  showJudgeInfo();
+  if (name && !state.judged.has(name)) loadJudgements(name);
+}
+
+function updateAllJudgeButtons() {
+  for (const node of $("grid").children) updateJudgeButtons(node);
+}
+
+// What the store already holds for a tag (GET /judgements?tag=), to mark the thumbs with.
+async function loadJudgements(tag) {
+  const known = new Map();
+  state.judged.set(tag, known);
+  try {
+    const { judgements } = await api(`/judgements?tag=${encodeURIComponent(tag)}`);
+    // judgements made on this page meanwhile are newer: they stay
+    for (const j of judgements) if (!known.has(j.asset_id)) known.set(j.asset_id, j.judge);
+    state.judgeCounts.set(tag, Math.max(state.judgeCounts.get(tag) || 0, judgements.length));
+  } catch (error) {
+    state.judged.delete(tag); // asked again when the tag is chosen again
+    setStatus(`Judgements of ${tag}: ${error.message}`, true);
+    return;
+  }
+  if (tag === state.judgeTag) {
+    updateAllJudgeButtons();
+    showJudgeInfo();
+  }
+}
+
+function startNewTag(event) {
+  event.preventDefault();
+  const input = $("judge-new");
+  const name = input.value.trim();
+  if (!name) return;
+  if (!TAG_NAME.test(name)) {
+    input.setAttribute("aria-invalid", "true");
+    setStatus(
+      `Tag name "${name}": use lower-case letters, digits and _, starting with a letter (at most 40 characters).`,
+      true,
+    );
+    return;
+  }
+  input.removeAttribute("aria-invalid");
+  input.value = "";
+  setJudgeTag(name);
+}
+
+function showJudgeInfo() {
+  const info = $("judge-info");
+  const name = state.judgeTag;
+  if (!name) {
+    info.textContent = "Pick a tag, then answer yes or no on the results.";
+    return;
+  }
+  const count = state.judgeCounts.get(name) || 0;
+  const strong = document.createElement("strong");
+  strong.className = "judge-count";
+  strong.textContent = `${count} judgement${count === 1 ? "" : "s"} of ${name}`;
+  const code = document.createElement("code");
+  code.textContent = `lookalike tags train ${name}`;
+  const parts = [strong, ". ", code, " learns from them (at least 10, both yes and no)."];
+  const tag = state.knownTags.find((t) => t.name === name);
+  const roc = rocUrl(tag);
+  if (roc) {
+    const link = document.createElement("a");
+    link.href = roc;
+    link.target = "_blank";
+    link.textContent = "ROC curve";
+    parts.push(` Trained: v${tag.version}, AUC ${tag.auc.toFixed(2)}, `, link, ".");
+  }
+  info.replaceChildren(...parts);
+}
+
+function updateJudgeButtons(node) {
+  const name = state.judgeTag;
+  const box = node.querySelector(".judge-buttons");
+  box.hidden = !name;
+  if (!name) return;
+  const yes = box.querySelector(".yes");
+  const no = box.querySelector(".no");
+  yes.setAttribute("aria-label", `Yes, ${name}`);
+  yes.title = `Yes: this is ${name}`;
+  no.setAttribute("aria-label", `No, ${name}`);
+  no.title = `No: this is not ${name}`;
+  const judge = state.judged.get(name)?.get(node.dataset.id);
+  yes.setAttribute("aria-pressed", judge === 1 ? "true" : "false");
+  no.setAttribute("aria-pressed", judge === 0 ? "true" : "false");
+}
+
+async function judgeAsset(node, judge) {
+  const tag = state.judgeTag;
+  const id = node.dataset.id;
+  if (!tag) return;
+  const buttons = node.querySelectorAll(".judge-buttons button");
+  buttons.forEach((b) => (b.disabled = true));
+  try {
+    const result = await api(`/assets/${encodeURIComponent(id)}/judgements`, {
+      method: "POST",
+      headers: { "Content-Type": "application/json" },
+      body: JSON.stringify({ tag, judge }),
+    });
+    if (!state.judged.has(tag)) state.judged.set(tag, new Map());
+    state.judged.get(tag).set(id, judge);
+    state.judgeCounts.set(tag, result.count);
+    if (!state.knownTags.some((t) => t.name === tag)) {
+      state.knownTags.push({ name: tag, version: null, judgements: result.count });
+    }
+    updateJudgeButtons(node);
+    if (tag === state.judgeTag) showJudgeInfo();
+  } catch (error) {
+    setStatus(`Judging ${tag}: ${error.message}`, true);
+  } finally {
+    buttons.forEach((b) => (b.disabled = false));
+  }
+}
+
+// -- the library map ------------------------------------------------------------------------------
+// GET /map: every asset at its t-SNE position (0..1), drawn as small lazy thumbnails with a
+// border coloured by the top label or by a tag. A click runs "more like this".
+
+let saved = null; // the results view's heading and status while the map is shown
+
+function showView(view) {
+  if (view === state.view) return;
+  state.view = view;
+  const onMap = view === "map";
+  $("results-view").hidden = onMap;
+  $("map-view").hidden = !onMap;
+  $("view-results").setAttribute("aria-pressed", String(!onMap));
+  $("view-map").setAttribute("aria-pressed", String(onMap));
+  if (onMap) {
+    const status = $("status");
+    saved = { heading: $("heading").textContent, status: status.textContent, error: status.classList.contains("error") };
+    $("heading").textContent = "Library map";
+    setStatus("");
+  } else if (saved) {
+    $("heading").textContent = saved.heading;
+    setStatus(saved.status, saved.error);
+    saved = null;
+  }
+}
+
+async function openMap() {
+  showView("map");
+  const message = $("map-message");
+  setStatus("Loading the map…");
+  try {
+    state.map = await api("/map");
+  } catch (error) {
+    state.map = null;
+    $("map").replaceChildren();
+    $("map-legend").replaceChildren();
+    $("map-tools").hidden = true;
+    if (error.status === 404) {
+      message.replaceChildren(...withCode(error.message));
+      message.hidden = false;
+      setStatus("");
+    } else {
+      message.hidden = true;
+      setStatus(error.message, true);
+    }
+    return;
+  }
+  if (state.view !== "map") return; // a search took over meanwhile
+  message.hidden = true;
+  $("map-tools").hidden = false;
+  fillMapColours();
+  drawMap();
+  const when = new Date(state.map.computed_at).toLocaleString();
+  setStatus(`${state.map.points.length} assets · ${state.map.model} · computed ${when}`);
+}
+
+// "run `lookalike map`" with the backticked part as code.
+function withCode(text) {
+  return text.split("`").map((part, n) => {
+    if (n % 2 === 0) return document.createTextNode(part);
+    const code = document.createElement("code");
+    code.textContent = part;
+    return code;
+  });
+}
+
+function fillMapColours() {
+  const select = $("map-colour");
+  const current = select.value;
+  const names = new Set(state.knownTags.filter((t) => t.version != null).map((t) => t.name));
+  for (const point of state.map?.points || []) for (const name of point.tags) names.add(name);
+  select.replaceChildren(
+    new Option("top label", "label"),
+    ...[...names].sort().map((name) => new Option(`tag: ${name}`, `tag:${name}`)),
+  );
+  select.value = [...select.options].some((o) => o.value === current) ? current : "label";
+}
+
+// point -> colour, and the legend's entries [colour, text, count].
+function colouring(points, by) {
+  if (by.startsWith("tag:")) {
+    const name = by.slice(4);
+    const passes = points.filter((p) => p.tags.includes(name)).length;
+    return {
+      colour: (p) => (p.tags.includes(name) ? "var(--good)" : OTHER),
+      legend: [
+        ["var(--good)", `passes ${name}`, passes],
+        [OTHER, "does not", points.length - passes],
+      ],
+    };
+  }
+  const counts = new Map();
+  for (const p of points) if (p.label) counts.set(p.label, (counts.get(p.label) || 0) + 1);
+  const top = [...counts].sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0])).slice(0, PALETTE.length);
+  const colours = new Map(top.map(([name], n) => [name, PALETTE[n]]));
+  const rest = points.length - top.reduce((sum, [, count]) => sum + count, 0);
+  return {
+    colour: (p) => colours.get(p.label) || OTHER,
+    legend: [...top.map(([name, count]) => [colours.get(name), name, count]), ...(rest ? [[OTHER, "other", rest]] : [])],
+  };
+}
+
+function drawMap() {
+  const map = state.map;
+  if (!map) return;
+  const { colour, legend } = colouring(map.points, $("map-colour").value);
+  $("map").replaceChildren(
+    ...map.points.map((p) => {
+      const point = document.createElement("button");
+      point.type = "button";
+      point.className = "point";
+      point.dataset.id = p.id;
+      // inset by half a point, so that points at the edges stay inside
+      point.style.left = `calc(${p.x} * (100% - var(--pt)) + var(--pt) / 2)`;
+      point.style.top = `calc(${p.y} * (100% - var(--pt)) + var(--pt) / 2)`;
+      point.style.setProperty("--c", colour(p));
+      const about = [p.title, p.label, ...p.tags].filter(Boolean).join(" · ");
+      point.title = about;
+      point.setAttribute("aria-label", `More like ${p.title}`);
+      const img = document.createElement("img");
+      img.loading = "lazy";
+      img.decoding = "async";
+      img.alt = "";
+      img.src = `/assets/${encodeURIComponent(p.id)}/thumbnail`;
+      point.append(img);
+      point.addEventListener("click", () => mapPointClicked(p.id));
+      return point;
+    }),
+  );
+  $("map-legend").replaceChildren(
+    ...legend.map(([c, text, count]) => {
+      const item = document.createElement("li");
+      item.innerHTML = `<i></i><span></span> <small></small>`;
+      item.querySelector("i").style.background = c;
+      item.querySelector("span").textContent = text;
+      item.querySelector("small").textContent = count;
+      return item;
+    }),
+  );
+}
+
+async function mapPointClicked(id) {
+  try {
+    const doc = await api(`/assets/${encodeURIComponent(id)}`);
+    moreLikeThis({ id: doc.id, document: doc });
+  } catch (error) {
+    setStatus(error.message, true);
+  }
 }
 
 function updateWeightRow() {
@@ -499,9 +872,17 @@ function setup() {
   });
   $("clear-query").addEventListener("click", clearQuery);
   $("more").addEventListener("click", () => search({ append: true }));
+  $("judge-tag").addEventListener("change", (e) => setJudgeTag(e.target.value));
+  $("judge-new-form").addEventListener("submit", startNewTag);
+  $("judge-new").addEventListener("input", (e) => e.target.removeAttribute("aria-invalid"));
+  $("view-map").addEventListener("click", openMap);
+  $("view-results").addEventListener("click", () => showView("results"));
+  $("map-colour").addEventListener("change", drawMap);
+  $("map-zoom").addEventListener("input", (e) => $("map").style.setProperty("--zoom", e.target.value));
   setupCrop();
 
   loadChips();
+  loadTags();
   const asset = new URLSearchParams(location.hash.slice(1)).get("asset");
   if (asset) {
     api(`/assets/${encodeURIComponent(asset)}`)
