@@ -16,6 +16,10 @@ from pathlib import Path
 
 import uvicorn
 
+from pipeline.document import IngestSummary
+from pipeline.embed import Embedder
+from pipeline.ingest import ingest
+from pipeline.library import Library
 from pipeline.settings import Settings
 
 # The cat photo of the sample library and its transformed copies (pipeline.samples).
@@ -158,3 +162,14 @@ class Searcher(threading.Thread):
         deadline = time.monotonic() + timeout_s
         while self.models[-answers:].count(model) < answers and time.monotonic() < deadline:
             time.sleep(0.2)
+
+
+def ingest_samples(library: Library, sample_manifest: Path, embedder: Embedder) -> IngestSummary:
+    """The sample library into ``library`` with the session's model (a test's own home)."""
+    return ingest(
+        sample_manifest.parent,
+        sample_manifest,
+        library=library,
+        embedder=embedder,
+        settings=library.settings,
+    )

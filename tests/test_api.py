@@ -21,7 +21,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from PIL import Image
 from pydantic import SecretStr
-from support import CAT_COPIES, serving, stem
+from support import CAT_COPIES, ingest_samples, serving, stem
 
 from pipeline import maps, tags
 from pipeline.backbones import DEFAULT_MODEL, REGISTRY
@@ -59,13 +59,7 @@ def home(sample_manifest: Path, embedder, tmp_path_factory: pytest.TempPathFacto
         api_allowed_hosts=["testserver", "127.0.0.1"],
     )
     with Library.open(settings) as library:
-        ingest(
-            sample_manifest.parent,
-            sample_manifest,
-            library=library,
-            embedder=embedder,
-            settings=settings,
-        )
+        ingest_samples(library, sample_manifest, embedder)
     return settings
 
 
@@ -447,6 +441,11 @@ def test_openapi_documents_both_bodies_with_examples(client: TestClient) -> None
         "/assets/{asset_id}/image",
         "/assets/{asset_id}/thumbnail",
         "/labels",
+        "/tags",
+        "/tags/{name}/roc.png",
+        "/assets/{asset_id}/judgements",
+        "/judgements",
+        "/map",
         "/healthz",
         "/readyz",
         "/metrics",

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from support import ingest_samples
 from typer.testing import CliRunner
 
 from lookalike_cli.main import app
@@ -41,13 +42,7 @@ def is_cat(uri: str) -> int:
 def home(tmp_path_factory: pytest.TempPathFactory, sample_manifest: Path, embedder) -> Settings:
     settings = Settings(home=tmp_path_factory.mktemp("tags_home"), batch_size=8)
     with Library.open(settings) as library:
-        ingest(
-            sample_manifest.parent,
-            sample_manifest,
-            library=library,
-            embedder=embedder,
-            settings=settings,
-        )
+        ingest_samples(library, sample_manifest, embedder)
     return settings
 
 

@@ -14,11 +14,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 from playwright.sync_api import expect
-from support import CAT_COPIES, serving, stem
+from support import CAT_COPIES, ingest_samples, serving, stem
 
 from pipeline import maps, tags
 from pipeline.document import Judgement
-from pipeline.ingest import ingest
 from pipeline.library import Library
 from pipeline.settings import Settings
 
@@ -69,13 +68,7 @@ def served(
             library.quarantine.remove([r.id for r in library.quarantine.records()])
         for tag in {j.tag for j in library.judgements.judgements()}:
             library.judgements.remove(tag)
-        ingest(
-            sample_manifest.parent,
-            sample_manifest,
-            library=library,
-            embedder=embedder,
-            settings=settings,
-        )
+        ingest_samples(library, sample_manifest, embedder)
     with serving(settings) as url:
         yield url, settings
 
