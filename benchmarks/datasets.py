@@ -67,6 +67,15 @@ class SceneConfig:
 
 
 @dataclass(frozen=True)
+class PhotoConfig:
+    """Every real photo of the pool as it is (backgrounds-only textures and chessboards
+    included), size-capped: whole scenes, beside the category set's cut-outs."""
+
+    max_side: int = 1024
+    max_photos: int | None = None  # tiny configurations for tests: the first ones
+
+
+@dataclass(frozen=True)
 class LibraryConfig:
     """A camera-like library for throughput: JPEGs from 0.8 to 12 megapixels."""
 
@@ -320,6 +329,25 @@ def _stamp_item(stamp: Stamp, path: str) -> dict[str, Any]:
         "subcategory": stamp.subcategory,
         "stamp": stamp.path.name,
     }
+
+
+def build_photos(root: Path, config: PhotoConfig) -> Manifest:
+    """Build (or reuse) the photo set: each photo of :func:`~benchmarks.sources.photo_pool`
+    once, at most ``max_side`` pixels on its longer side, as a quality-92 JPEG named in the
+    manifest (``name``: ``"skimage/chelsea"``), so a benchmark can say what each one shows."""
+    digest = _config_hash("photos", config)
+    if (manifest := _cached(root, digest)) is not None:
+        return manifest
+    _fresh(root, "items")
+    pool = photo_pool()
+    photos = [*pool.photos, *pool.backgrounds][: config.max_photos]
+    items = []
+    for i, photo in enumerate(track(photos, "photos: as they are")):
+        path = f"items/{i:05d}.jpg"
+        fit(photo.load(), config.max_side).save(root / path, quality=92)
+        items.append({"path": path, "name": photo.name, "source": photo.source})
+    manifest = Manifest(root, asdict(config), {"items": items}, skipped=dict(pool.skipped))
+    return _write_manifest(root, digest, manifest)
 
 
 def build_library(root: Path, config: LibraryConfig) -> Manifest:

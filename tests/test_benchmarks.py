@@ -226,3 +226,94 @@ def test_multi_object_scenes_tiny(embedder, tmp_path: Path) -> None:
     for mode in MODES:
         for row in ("scene -> objects", "object -> scene"):
             assert 0.0 <= result[mode][row]["R@1"] <= result[mode][row]["R@10"] == 1.0
+
+
+def test_tags_benchmark_tiny(embedder, tmp_path: Path) -> None:
+    """The tasks judge folders and photos as documented (and name folders and photos that
+    exist), a separable case gives AUC 1 at every size, and a tiny library runs end to end."""
+    from benchmarks import tags
+    from pipeline.document import AssetDocument, Label
+    from pipeline.library import Library
+    from pipeline.settings import Settings
+
+    animal, plant, vehicle = tags.TASKS
+
+    def judged(task: tags.Task, *folders: str) -> list[int | None]:
+        return [task.judge({"kind": "stamp", "subcategory": f}) for f in folders]
+
+    assert judged(animal, "animals/birds", "food/fruit", "seasonal/easter") == [1, 0, None]
+    assert judged(plant, "plants", "plants/trees", "food/fruit") == [1, 1, None]
+    assert judged(vehicle, "military/vehicles", "military", "space/moon") == [1, 0, None]
+    cat, apple = ({"kind": "photo", "name": n} for n in ("skimage/chelsea", "opencv/apple"))
+    assert (animal.judge(cat), vehicle.judge(cat), plant.judge(apple)) == (1, 0, None)
+    # Every folder and photo a task names exists (unless its package is missing here).
+    if sources.TUXPAINT_DIR.is_dir():
+        folders = {s.subcategory for s in sources.tuxpaint_stamps()}
+        for task in tags.TASKS:
+            for named in (*task.yes, *task.left_out):
+                assert any(f == named or f.startswith(named + "/") for f in folders), named
+    pool = sources.photo_pool()
+    known = {p.name for p in (*pool.photos, *pool.backgrounds)}
+    package = {"opencv": "opencv-doc", "wallpaper": "plasma-workspace-wallpapers"}
+    for task in tags.TASKS:
+        for name in task.yes_photos | task.left_out_photos:
+            assert name in known or package.get(name.split("/")[0]) in pool.skipped, name
+
+    # Separable: yes documents carry their own label and sit in their own direction.
+    rng = np.random.default_rng(4)
+    judges = np.array([1] * 20 + [0] * 40)
+    vectors = unit(rng.normal(size=(60, 8)) * 0.02 + np.eye(8)[judges])
+    docs = [
+        AssetDocument(
+            id=f"{i:032x}",
+            uri=f"file:///lib/{i}.jpg",
+            sha256="0",
+            fingerprint="0",
+            width=10,
+            height=10,
+            format="JPEG",
+            labels=[Label(name="Yes" if j else "No", confidence=90)],
+            embedding=v.tolist(),
+            model="test",
+            model_version="1",
+        )
+        for i, (j, v) in enumerate(zip(judges, vectors, strict=True))
+    ]
+    settings = Settings(home=tmp_path / "home")
+    with Library.open(settings) as library:
+        index = library.index("test@1")
+        index.upsert(docs)
+        for features in ("labels", "embedding"):
+            curve = tags.learning_curve(
+                "separable", docs, judges, index, settings, features, (10, 20, 50), 2, 0
+            )
+            assert [p["judgements"] for p in curve] == [10, 20, 45], "a quarter stays held out"
+            assert all(p["auc"] == 1.0 and p["roc_recall"] == 1.0 for p in curve)
+            assert tags.verdict(curve)["judgements_to_auc_0.9"] == 10
+    rows = tags.stratified(judges, 10, np.random.default_rng(0))
+    assert len(set(rows.tolist())) == 10 and judges[rows].sum() == 3  # the 1/3 yes share
+
+    # A tiny library end to end, with the real model.
+    if not sources.TUXPAINT_DIR.is_dir():
+        pytest.skip("needs the Debian package tuxpaint-stamps-default (installed by .ci/run)")
+    config = tags.Config(
+        sizes=(10,),
+        seeds=1,
+        features=("embedding",),
+        tasks=("animal",),
+        apply_docs=150,
+        max_stamps=30,
+        max_photos=6,
+    )
+    result = tags.run(tmp_path / "bench", embedder, config)
+    assert result["library"] == {"documents": 36, "stamps": 30, "photos": 6}
+    task = result["tasks"]["animal"]
+    assert task["yes"] + task["no"] + task["left_out"] == 36 and task["yes"] >= 3
+    assert 0.0 <= task["features"]["embedding"]["curve"][0]["auc"] <= 1.0
+    for variant in ("regions", "no regions"):
+        applied = result["apply"][variant]
+        assert applied["scored"] == 150 and applied["documents"] == 150
+    assert result["apply"]["regions"]["regions_per_document"] > 0
+    assert result["apply"]["no regions"]["regions_per_document"] == 0
+    tags.figure(result, tmp_path / "curve.png")
+    assert (tmp_path / "curve.png").stat().st_size > 0
