@@ -70,7 +70,9 @@ class LabelFilter(BaseModel):
         return filters.HasLabel(self.name, self.min_confidence)
 
 
-TagName = Annotated[str, Field(pattern=f"^{TAG_NAME}$", description="A custom tag's name.")]
+TagName = Annotated[
+    str, Field(max_length=40, pattern=f"^{TAG_NAME}$", description="A custom tag's name.")
+]
 """The custom tag names filters accept (``pipeline.tags.check_name`` says why)."""
 
 METADATA_KEY_FORBIDDEN = frozenset("=<>!~")
