@@ -52,6 +52,8 @@ from pipeline.settings import Settings
 from pipeline.store.base import DocumentIndex
 
 log = logging.getLogger(__name__)
+# scikit-learn and matplotlib are imported inside the functions that train and draw
+# (deliberately lazy): ingest imports this module for ``Tagger``, which needs only numpy.
 
 Features = Literal["labels", "embedding", "both"]
 FEATURES: tuple[Features, ...] = ("labels", "embedding", "both")
@@ -121,7 +123,6 @@ class TagClassifier(BaseModel):
     vocabulary: list[str] = Field(description="The label names of the label features, in order.")
     threshold: float
     metrics: TagMetrics
-    judgements: int
     positives: int
     negatives: int
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
@@ -129,6 +130,11 @@ class TagClassifier(BaseModel):
     @property
     def key(self) -> str:
         return f"{self.name}@{self.version}"
+
+    @property
+    def judgements(self) -> int:
+        """How many judgements it learned from."""
+        return self.positives + self.negatives
 
 
 @dataclass(frozen=True)
@@ -146,14 +152,13 @@ class Weights:
 
 @dataclass
 class Trained:
-    """What ``train`` made: the version written, its weights, the judgements it learned from,
-    those it skipped (unknown assets) and where its files are."""
+    """What ``train`` made: the version written, its weights, where its files are, and the
+    judgements it skipped (unknown assets)."""
 
     classifier: TagClassifier
     weights: Weights
     folder: Path
     skipped: list[Judgement]
-    curves: list[FoldCurve]
 
 
 # -- features -------------------------------------------------------------------------------------
@@ -315,7 +320,7 @@ def train(
         raise TagError("labels per class: at least 1")
     known, unknown, docs = known_judgements([j for j in judgements if j.tag == name], index)
     if len(known) < MIN_JUDGEMENTS:
-        unknown_note = f"; {len(unknown)} name assets not in the index" if unknown else ""
+        unknown_note = f"; {len(unknown)} more name assets not in the index" if unknown else ""
         raise TagError(
             f"tag {name!r}: {len(known)} judgement(s) of indexed assets, at least "
             f"{MIN_JUDGEMENTS} are needed{unknown_note}"
@@ -370,7 +375,6 @@ def train(
             recall=recall,
             fpr=fpr_at,
         ),
-        judgements=len(known),
         positives=positives,
         negatives=negatives,
     )
@@ -385,7 +389,7 @@ def train(
                 (j.asset_id, j.uri, j.judge, j.source, j.judged_at.isoformat()) for j in known
             )
         (tmp / MARKER).write_text(classifier.model_dump_json(indent=1))
-    return Trained(classifier, weights, target, unknown, curves)
+    return Trained(classifier, weights, target, unknown)
 
 
 def operating_point(
