@@ -207,7 +207,8 @@ class Usage:
 
 
 class measure:
-    """Wall time, CPU time (user + system, all threads) and peak RSS of a block.
+    """Wall time, CPU time (user + system, all threads, and ended child processes) and peak
+    RSS of a block.
 
     Peak RSS comes from sampling with psutil every 50 ms when it is installed (it is not a
     project dependency): ``ru_maxrss`` alone is the peak of the whole process lifetime, which
@@ -252,5 +253,10 @@ class measure:
 
 
 def _cpu_seconds() -> float:
-    ru = resource.getrusage(resource.RUSAGE_SELF)
-    return ru.ru_utime + ru.ru_stime
+    """CPU time of this process and of its child processes that have ended: an ingest run's
+    decode workers end with it, so their decoding counts against the run that used them."""
+    own, children = (
+        resource.getrusage(resource.RUSAGE_SELF),
+        resource.getrusage(resource.RUSAGE_CHILDREN),
+    )
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime

@@ -206,7 +206,7 @@ def scenes(root: Path, embedder: Embedder, config: SceneConfig) -> dict[str, dic
 def cost(root: Path, embedder: Embedder, rounds: int) -> dict[str, Any]:
     """Ingest throughput and store size without and with region vectors, alternating."""
     folder = root / "category" / "items"
-    plain = Embedder(embedder.spec, embedder.model, region_levels=0)
+    plain = Embedder(embedder.spec, embedder.runtime, region_levels=0)
     runs: dict[str, list[dict[str, float]]] = {"off": [], "regions": []}
     for _ in range(rounds):
         for name, model in (("off", plain), ("regions", embedder)):

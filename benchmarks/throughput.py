@@ -1,8 +1,9 @@
 """Embedding speed: decoding (with and without JPEG draft mode), model-only batches, and
-files-to-vectors through :func:`pipeline.ingest.ingest`, with CPU use and peak memory.
+files-to-vectors through :func:`pipeline.ingest.ingest`, with CPU use and peak memory, for each
+inference backend (ONNX Runtime, the default, and TensorFlow, the reference) side by side.
 
-    python -m benchmarks.throughput                       # 256 camera-size JPEGs
-    python -m benchmarks.throughput --configs 4x32,2x32,1x32,2x64
+    python -m benchmarks.throughput                       # 256 camera-size JPEGs, both backends
+    python -m benchmarks.throughput --configs 4x32,2x32,1x32,2x64 --backends onnx
 
 Everything runs in one process on one library, so the ratios (draft vs full decode,
 files-to-vectors vs model-only) hold even on a machine other jobs share, where absolute
@@ -36,6 +37,7 @@ from benchmarks.common import (
     write_results,
 )
 from benchmarks.datasets import LibraryConfig, build_library
+from pipeline.backbones import get_spec
 from pipeline.decode import decode_image
 from pipeline.ingest import ingest
 from pipeline.library import Library
@@ -133,7 +135,7 @@ def ingest_speed(
 
 def run(
     root: Path,
-    embedder: Embedder,
+    embedders: dict[str, Embedder],
     library: LibraryConfig,
     configs: list[tuple[int, int]],
     rounds: int = 2,
@@ -142,51 +144,53 @@ def run(
 ) -> dict[str, Any]:
     """Decode, model-only and files-to-vectors figures for one library, in this process.
 
-    Each round measures model-only throughput and then ingests the library once per config,
-    so every files-to-vectors rate has a model-only rate measured minutes apart to be divided
-    by; a config's figure is its best round (the one other jobs disturbed least).
+    Each round measures, for each backend in turn, model-only throughput and then ingests the
+    library once per config, so every files-to-vectors rate has a model-only rate of its own
+    backend measured minutes apart to be divided by, and the backends are compared within
+    each round; a config's figure is its best round (the one other jobs disturbed least).
     """
     manifest = build_library(root / "library", library)
     paths = manifest.paths("files")
-    decode = decode_speed(paths[:decode_files], embedder)  # the sizes cycle: all are covered
+    first = next(iter(embedders.values()))  # decoding and preprocessing are the backends' own
+    decode = decode_speed(paths[:decode_files], first)  # the sizes cycle: all are covered
     scratch = root / "ingest-runs"
     scratch.mkdir(parents=True, exist_ok=True)
     model_runs, runs = [], []
     with tempfile.TemporaryDirectory(dir=scratch) as tmp:
         for round_ in range(rounds):
-            model = model_speed(embedder, 32, model_batches)
-            model_runs.append(model)
-            for workers, batch_size in configs:
-                r = ingest_speed(manifest.root / "files", embedder, workers, batch_size, Path(tmp))
-                r["round"] = round_
-                r["vs_model_only"] = round(r["images_per_s"] / model["images_per_s"], 3)
-                r["vs_model_only_without_optimize"] = round(
-                    r["images_per_s_without_optimize"] / model["images_per_s"], 3
-                )
-                # CPU time per image barely moves when other jobs take cores: the robust ratio.
-                r["cpu_ratio_vs_model_only"] = round(
-                    model["cpu_ms_per_image"] / r["cpu_ms_per_image"], 3
-                )
-                runs.append(r)
+            for backend, embedder in embedders.items():
+                model = {"backend": backend, "round": round_}
+                model |= model_speed(embedder, 32, model_batches)
+                model_runs.append(model)
+                for workers, batch_size in configs:
+                    r = {"backend": backend, "round": round_}
+                    r |= ingest_speed(
+                        manifest.root / "files", embedder, workers, batch_size, Path(tmp)
+                    )
+                    r["vs_model_only"] = round(r["images_per_s"] / model["images_per_s"], 3)
+                    r["vs_model_only_without_optimize"] = round(
+                        r["images_per_s_without_optimize"] / model["images_per_s"], 3
+                    )
+                    # CPU time per image barely moves when other jobs take cores: robust.
+                    r["cpu_ratio_vs_model_only"] = round(
+                        model["cpu_ms_per_image"] / r["cpu_ms_per_image"], 3
+                    )
+                    runs.append(r)
     best = [
-        max((r for r in runs if r["config"] == f"{w}x{b}"), key=lambda r: r["vs_model_only"])
+        max(
+            (r for r in runs if r["config"] == f"{w}x{b}" and r["backend"] == backend),
+            key=lambda r: r["vs_model_only"],
+        )
+        for backend in embedders
         for w, b in configs
     ]
     # A CPU-bound pipeline cannot beat the cores divided by the CPU time each image needs.
     cores = len(os.sched_getaffinity(0))
-    model_cpu = min(m["cpu_ms_per_image"] for m in model_runs)
     decode_cpu = decode["draft"]["decode+preprocess_cpu_ms"]
-    return {
-        "library": {
-            "files": len(paths),
-            "sizes": [f"{w}x{h}" for w, h in library.sizes],
-            "megabytes": round(sum(p.stat().st_size for p in paths) / 2**20, 1),
-        },
-        "decode": decode,
-        "model_only": model_runs,
-        "ingest_best": best,
-        "ingest_all_rounds": runs,
-        "cpu_bound_ceiling": {
+    ceilings = {}
+    for backend in embedders:
+        model_cpu = min(m["cpu_ms_per_image"] for m in model_runs if m["backend"] == backend)
+        ceilings[backend] = {
             "cores": cores,
             "model_cpu_ms_per_image": model_cpu,
             "decode_cpu_ms_per_image": decode_cpu,
@@ -202,7 +206,18 @@ def run(
                 }
                 for size in decode["draft"]["per_size_cpu_ms"]
             },
+        }
+    return {
+        "library": {
+            "files": len(paths),
+            "sizes": [f"{w}x{h}" for w, h in library.sizes],
+            "megabytes": round(sum(p.stat().st_size for p in paths) / 2**20, 1),
         },
+        "decode": decode,
+        "model_only": model_runs,
+        "ingest_best": best,
+        "ingest_all_rounds": runs,
+        "cpu_bound_ceiling": ceilings,
     }
 
 
@@ -236,17 +251,25 @@ def print_report(result: dict[str, Any]) -> None:
         ],
     )
     print_table(
-        "Model only (Embedder.predict, batch 32), once per round",
-        ["round", "images/s", "CPU ms/image", "cores busy", "peak RSS MB"],
+        "Model only (Embedder.predict, batch 32), once per round and backend",
+        ["backend", "round", "images/s", "CPU ms/image", "cores busy", "peak RSS MB"],
         [
-            [i, m["images_per_s"], m["cpu_ms_per_image"], m["cores_busy"], m["peak_rss_mb"]]
-            for i, m in enumerate(result["model_only"])
+            [
+                m["backend"],
+                m["round"],
+                m["images_per_s"],
+                m["cpu_ms_per_image"],
+                m["cores_busy"],
+                m["peak_rss_mb"],
+            ]
+            for m in result["model_only"]
         ],
     )
     print_table(
         "Files to vectors (pipeline.ingest into a fresh embedded store), best round per config; "
         "'vs model': over the model-only rate of the same round",
         [
+            "backend",
             "workers x batch",
             "round",
             "images/s",
@@ -264,6 +287,7 @@ def print_report(result: dict[str, Any]) -> None:
         ],
         [
             [
+                r["backend"],
                 r["config"],
                 r["round"],
                 r["images_per_s"],
@@ -282,17 +306,22 @@ def print_report(result: dict[str, Any]) -> None:
             for r in result["ingest_best"]
         ],
     )
-    ceiling = result["cpu_bound_ceiling"]
-    console.print(
-        f"CPU-bound ceiling: {ceiling['cores']} cores / ({ceiling['model_cpu_ms_per_image']} ms "
-        f"model + {ceiling['decode_cpu_ms_per_image']} ms decode+preprocess per image) = "
-        f"{ceiling['images_per_s']} images/s, {ceiling['share_of_model_only']:.0%} of model-only"
-    )
-    print_table(
-        "Share of model-only throughput a CPU-bound pipeline can reach, per image size",
-        ["size", "with draft mode", "without"],
-        [[s, v["draft"], v["full"]] for s, v in ceiling["share_of_model_only_per_size"].items()],
-    )
+    for backend, ceiling in result["cpu_bound_ceiling"].items():
+        console.print(
+            f"CPU-bound ceiling ({backend}): {ceiling['cores']} cores / "
+            f"({ceiling['model_cpu_ms_per_image']} ms model + "
+            f"{ceiling['decode_cpu_ms_per_image']} ms decode+preprocess per image) = "
+            f"{ceiling['images_per_s']} images/s, {ceiling['share_of_model_only']:.0%} of "
+            "model-only"
+        )
+        print_table(
+            f"Share of model-only throughput a CPU-bound pipeline can reach ({backend})",
+            ["size", "with draft mode", "without"],
+            [
+                [s, v["draft"], v["full"]]
+                for s, v in ceiling["share_of_model_only_per_size"].items()
+            ],
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -306,14 +335,28 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="Repeats of every measurement.")
     parser.add_argument("--decode-files", type=int, default=64)
     parser.add_argument("--model-batches", type=int, default=8)
+    parser.add_argument(
+        "--backends",
+        default="onnx,tensorflow",
+        help="Comma-separated inference backends to compare (LOOKALIKE_BACKEND values).",
+    )
     args = parser.parse_args(argv)
-    from pipeline.embed import get_embedder
+    from pipeline.embed import Embedder
 
     configs = [(int(w), int(b)) for w, b in (c.split("x") for c in args.configs.split(","))]
     root = data_dir(args.data_dir)
+    settings = get_settings()
+    spec = get_spec(settings.model)
+    embedders = {
+        backend: Embedder.load(spec, settings.model_dir, settings.region_levels, backend)
+        for backend in args.backends.split(",")
+    }
+    for backend, embedder in embedders.items():
+        if embedder.backend != backend:  # Embedder.load fell back, and logged why
+            parser.error(f"the {backend} backend is not available here")
     result = run(
         root,
-        get_embedder(),
+        embedders,
         LibraryConfig(seed=args.seed, files=args.files),
         configs,
         rounds=args.rounds,

@@ -31,6 +31,18 @@ class Settings(BaseSettings):
         "mobilenet_v2-imagenet", description="Backbone name from the model registry."
     )
 
+    backend: Literal["onnx", "tensorflow"] = Field(
+        "onnx",
+        description="What runs the model: ONNX Runtime on the Keras model converted once "
+        "(faster on CPU; vectors equal to TensorFlow's to float rounding), or TensorFlow, the "
+        "reference (also used, with a warning, where ONNX Runtime cannot be).",
+    )
+    inference_threads: int = Field(
+        0,
+        ge=0,
+        le=256,
+        description="Threads ONNX Runtime uses within one batch (0: one per physical core).",
+    )
     region_levels: int = Field(
         3,
         ge=0,
@@ -216,11 +228,25 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Time allowed until a response starts (504 after it)."
     )
     api_image_workers: int = Field(
-        2,
+        8,
         ge=1,
         le=64,
-        description="Query images embedded and thumbnails made at once: CPU-bound work that "
-        "only queues (holding memory) beyond the number of cores.",
+        description="Query images decoded and embedded at once, and thumbnails made: the "
+        "most images one micro-batch can hold (each holds its decoded pixels meanwhile).",
+    )
+    api_batch_size: int = Field(
+        8,
+        ge=1,
+        le=256,
+        description="Most query images embedded in one model call (micro-batching of "
+        "concurrent requests; 1 turns it off).",
+    )
+    api_batch_wait_ms: float = Field(
+        5.0,
+        ge=0,
+        le=1000,
+        description="Longest a query image waits for others still being decoded to join its "
+        "batch (a query alone never waits); it also waits while the model runs a batch.",
     )
     api_thumbnail_size: int = Field(
         320, ge=32, le=1024, description="Longest side of the thumbnails the API serves (px)."

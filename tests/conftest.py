@@ -35,6 +35,17 @@ def embedder(lookalike_home: Path):
 
 
 @pytest.fixture(scope="session")
+def reference(embedder):
+    """The default model on TensorFlow, the reference backend, from the session's caches."""
+    from pipeline.embed import Embedder
+
+    settings = get_settings()
+    return Embedder.load(
+        embedder.spec, settings.model_dir, settings.region_levels, backend="tensorflow"
+    )
+
+
+@pytest.fixture(scope="session")
 def sample_manifest(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real sample library (read-only for tests: copy it before changing files)."""
     from pipeline.samples import build_samples

@@ -317,3 +317,30 @@ def test_tags_benchmark_tiny(embedder, tmp_path: Path) -> None:
     assert result["apply"]["no regions"]["regions_per_document"] == 0
     tags.figure(result, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+@pytest.mark.slow
+def test_throughput_benchmark_tiny_compares_the_backends(
+    embedder, reference, tmp_path: Path
+) -> None:
+    """Both backends are measured in the same rounds; every figure has its own backend's."""
+    from benchmarks import throughput
+    from benchmarks.datasets import LibraryConfig
+
+    result = throughput.run(
+        tmp_path,
+        {"onnx": embedder, "tensorflow": reference},
+        LibraryConfig(files=4, sizes=((640, 480), (320, 240))),
+        [(1, 2)],
+        rounds=1,
+        decode_files=2,
+        model_batches=1,
+    )
+    assert [m["backend"] for m in result["model_only"]] == ["onnx", "tensorflow"]
+    assert [(r["backend"], r["images"]) for r in result["ingest_best"]] == [
+        ("onnx", 4),
+        ("tensorflow", 4),
+    ]
+    for ceiling in result["cpu_bound_ceiling"].values():
+        assert ceiling["images_per_s"] > 0 and 0 < ceiling["share_of_model_only"] < 1
+    throughput.print_report(result)

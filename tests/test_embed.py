@@ -1,4 +1,5 @@
-"""The embed stage: the torch checkpoint reader, the Keras MobileNetV2, the registry, the cache.
+"""The embed stage: the torch checkpoint reader, the Keras MobileNetV2, the registry, the
+caches, and the two backends (ONNX Runtime, the default, against TensorFlow, the reference).
 
 The ``lookalike_home`` (a throw-away ``LOOKALIKE_HOME``) and ``embedder`` (the default model,
 converted once per session) fixtures come from ``conftest.py``; the real photos come from
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import os
 import pickle
 import subprocess
 import sys
@@ -23,7 +25,7 @@ from PIL import Image
 from pipeline import regions
 from pipeline.backbones import DEFAULT_MODEL, REGISTRY, get_spec, mobilenet_v2
 from pipeline.backbones.torch_legacy import load_state_dict
-from pipeline.embed import Embedder, get_embedder, model_path, preprocess
+from pipeline.embed import Embedder, get_embedder, model_path, onnx_path, preprocess
 from pipeline.settings import Settings, get_settings
 
 # Keras saves TF variables through numpy's deprecated ``__array__`` path (an upstream issue in
@@ -207,19 +209,78 @@ def test_embeddings_are_normalised_and_similar_for_similar_images(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("backend", ["onnx", "tensorflow"])
 def test_predict_accepts_any_batch_size_without_retracing(
-    embedder: Embedder, batch: np.ndarray
+    backend: str, embedder: Embedder, reference: Embedder, batch: np.ndarray
 ) -> None:
-    full = embedder.predict(batch)
-    one = embedder.predict(batch[:1])
-    three = embedder.predict(batch[1:].astype(np.float32))  # float input works alike
+    model = {"onnx": embedder, "tensorflow": reference}[backend]
+    assert model.backend == backend
+    full = model.predict(batch)
+    one = model.predict(batch[:1])
+    three = model.predict(batch[1:].astype(np.float32))  # float input works alike
     np.testing.assert_allclose(one.embeddings, full.embeddings[:1], atol=1e-5)
     np.testing.assert_allclose(three.probabilities, full.probabilities[1:], atol=1e-5)
-    assert embedder._infer.experimental_get_tracing_count() == 1
-    empty = embedder.predict(batch[:0])
+    if backend == "tensorflow":
+        assert reference.runtime.infer.experimental_get_tracing_count() == 1
+    empty = model.predict(batch[:0])
     assert empty.embeddings.shape == (0, 1280) and empty.probabilities.shape == (0, 1000)
     with pytest.raises(ValueError, match="expected a batch of shape"):
-        embedder.predict(batch[:, :100])
+        model.predict(batch[:, :100])
+
+
+@pytest.mark.slow
+def test_onnx_runtime_matches_tensorflow_on_the_sample_library(
+    embedder: Embedder, reference: Embedder, sample_manifest: Path
+) -> None:
+    """The default backend gives TensorFlow's vectors, labels and region vectors (cosine >=
+    0.9999), on every readable photo of the sample library."""
+    images = []
+    for path in sorted((sample_manifest.parent / "originals").iterdir()):
+        try:
+            images.append(embedder.preprocess(Image.open(path)))
+        except OSError:
+            continue  # the library's deliberately corrupt files
+    assert len(images) >= 10
+    fast, slow = embedder.predict(np.stack(images)), reference.predict(np.stack(images))
+    cosines = (fast.embeddings * slow.embeddings).sum(axis=1)
+    print(f"ONNX Runtime vs TensorFlow on {len(images)} photos: min cosine {cosines.min():.7f}")
+    assert cosines.min() >= 0.9999
+    np.testing.assert_allclose(fast.probabilities, slow.probabilities, atol=1e-4)
+    assert fast.probabilities.argmax(1).tolist() == slow.probabilities.argmax(1).tolist()
+    assert fast.regions is not None and slow.regions is not None
+    assert (fast.regions * slow.regions).sum(axis=2).min() >= 0.9999
+
+
+@pytest.mark.slow
+def test_without_onnx_runtime_tensorflow_embeds_and_says_so(
+    embedder: Embedder,
+    batch: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if it were not installed
+    fallback = Embedder.load(embedder.spec, get_settings().model_dir)
+    assert fallback.backend == "tensorflow"
+    assert "embedding with TensorFlow instead of ONNX Runtime" in caplog.text
+    np.testing.assert_allclose(
+        fallback.predict(batch).embeddings, embedder.predict(batch).embeddings, atol=1e-5
+    )
+
+
+@pytest.mark.slow
+def test_a_cached_onnx_model_embeds_without_importing_tensorflow(
+    embedder: Embedder, lookalike_home: Path
+) -> None:
+    """Where the ONNX file is cached, a new process (the API, the CLI) starts without
+    TensorFlow: no seconds spent importing it, and none of its memory."""
+    code = (
+        "import sys, numpy as np; from pipeline.embed import get_embedder;"
+        "e = get_embedder(); v = e.predict(np.zeros((2, 224, 224, 3), np.uint8)).embeddings;"
+        "assert e.backend == 'onnx' and v.shape == (2, 1280), (e.backend, v.shape);"
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    )
+    env = {**os.environ, "LOOKALIKE_HOME": str(lookalike_home)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=Path(__file__).parents[1])
 
 
 @pytest.mark.slow
@@ -231,17 +292,19 @@ def test_cached_model_loads_and_gives_identical_outputs(
     assert (
         path.parent == lookalike_home / "models" and path.name == "mobilenet_v2-imagenet-v1.keras"
     )
-    assert path.is_file() and not list(path.parent.glob(".*tmp*"))  # the rename happened
-    written = path.stat().st_mtime_ns
+    onnx = onnx_path(embedder.spec, path.parent)
+    assert onnx.name == "mobilenet_v2-imagenet-v1.onnx" and onnx.is_file()
+    assert not list(path.parent.glob(".*tmp*"))  # the renames happened
+    written = path.stat().st_mtime_ns, onnx.stat().st_mtime_ns
 
     start = time.perf_counter()
     cached = Embedder.load(embedder.spec, path.parent)
     load_seconds = time.perf_counter() - start
-    assert path.stat().st_mtime_ns == written  # loaded, not converted again
+    assert (path.stat().st_mtime_ns, onnx.stat().st_mtime_ns) == written  # not converted again
     assert load_seconds < 10  # typically well under a second; generous for a loaded CI machine
     first, second = embedder.predict(batch), cached.predict(batch)
-    np.testing.assert_array_equal(first.embeddings, second.embeddings)
-    np.testing.assert_array_equal(first.probabilities, second.probabilities)
+    np.testing.assert_allclose(first.embeddings, second.embeddings, atol=1e-6)
+    np.testing.assert_allclose(first.probabilities, second.probabilities, atol=1e-6)
 
 
 @pytest.mark.slow
@@ -256,6 +319,24 @@ def test_unreadable_cache_is_converted_again(
         rebuilt.predict(batch).probabilities, embedder.predict(batch).probabilities, atol=1e-6
     )
     assert path.stat().st_size > 1_000_000
+
+
+@pytest.mark.slow
+def test_unreadable_onnx_cache_is_converted_again(
+    embedder: Embedder, batch: np.ndarray, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    model_dir = get_settings().model_dir
+    (tmp_path / model_path(embedder.spec, model_dir).name).symlink_to(
+        model_path(embedder.spec, model_dir)
+    )
+    onnx = onnx_path(embedder.spec, tmp_path)
+    onnx.write_bytes(b"truncated")
+    rebuilt = Embedder.load(embedder.spec, tmp_path)
+    assert rebuilt.backend == "onnx" and "converting it again" in caplog.text
+    assert onnx.stat().st_size > 1_000_000
+    np.testing.assert_allclose(
+        rebuilt.predict(batch).embeddings, embedder.predict(batch).embeddings, atol=1e-6
+    )
 
 
 # --- against torchvision itself (optional: torch is several GB) ------------------------------
@@ -348,7 +429,7 @@ def test_matches_torchvision(
 ) -> None:
     _, outputs = torch_reference
     torch_features, torch_probabilities = outputs["features"], outputs["probabilities"]
-    features, probabilities = (np.asarray(t) for t in embedder.model(batch.astype(np.float32)))
+    features, probabilities = embedder.runtime(batch.astype(np.float32))[:2]
     feature_error = np.abs(features - torch_features).max() / np.abs(torch_features).max()
     probability_error = np.abs(probabilities - torch_probabilities).max()
     print(
@@ -375,7 +456,7 @@ def test_matches_recorded_torchvision_output(embedder: Embedder) -> None:
     batch = np.stack(
         [embedder.preprocess(Image.fromarray(getattr(skimage.data, n)())) for n in names]
     )
-    features, probabilities = (np.asarray(t) for t in embedder.model(batch.astype(np.float32)))
+    features, probabilities = embedder.runtime(batch.astype(np.float32))[:2]
     assert np.abs(probabilities - torch_probabilities).max() <= 1e-4
     assert np.abs(features - torch_features).max() / np.abs(torch_features).max() <= 1e-4
     assert probabilities.argmax(1).tolist() == torch_probabilities.argmax(1).tolist()
