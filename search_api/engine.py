@@ -9,9 +9,9 @@ rollout moved it, opens the new version's index and loads its model before answe
 always get a matching (searcher, embedder) pair: a query vector from one model is never
 searched in another's index.
 
-Everything here blocks (TensorFlow, LanceDB, file reads), so the routes call it in worker
-threads; query embedding goes through a small limiter (``api_image_workers``), because more
-concurrent model calls than cores only queue inside TensorFlow while holding memory.
+Everything here blocks (the model, LanceDB, file reads), so the routes call it in worker
+threads, query images through a limiter (``api_image_workers``) that bounds the decoded pixels
+held at once; concurrent query images are embedded together (:mod:`search_api.batching`).
 """
 
 from __future__ import annotations
@@ -25,10 +25,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipeline.embed import Embedder, get_embedder
+from pipeline.embed import get_embedder
 from pipeline.library import Library
 from pipeline.search import ImageQuery, Searcher, analyse_image
 from pipeline.settings import Settings
+from search_api.batching import BatchedEmbedder, MicroBatcher
 
 if TYPE_CHECKING:
     from search_api.metrics import Metrics
@@ -38,10 +39,11 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Backend:
-    """A searcher over one model version's index and the embedder of that version."""
+    """A searcher over one model version's index and the embedder of that version (its
+    query images micro-batched)."""
 
     searcher: Searcher
-    embedder: Embedder
+    embedder: BatchedEmbedder
 
     @property
     def model_id(self) -> str:
@@ -120,7 +122,8 @@ class SearchEngine:
         when asked (``DecodeError`` for anything but an image)."""
         started = time.perf_counter()
         try:
-            return analyse_image(data, backend.embedder, self.settings, box, with_regions)
+            with backend.embedder.batcher.expecting():
+                return analyse_image(data, backend.embedder, self.settings, box, with_regions)
         finally:
             self.metrics.embed_seconds.observe(time.perf_counter() - started)
 
@@ -136,13 +139,26 @@ class SearchEngine:
                 f"the index holds {model_id} vectors but the registry's model is "
                 f"{embedder.model_id}"
             )
-        # The first call traces the model's tf.function (about a second): pay it here, not on
-        # a user's first query.
+        # The first call traces TensorFlow's graph or plans ONNX Runtime's (up to a second):
+        # pay it here, not on a user's first query.
         size = embedder.spec.image_size
         embedder.predict(np.zeros((1, size, size, 3), np.uint8))
-        self.metrics.model_info.info({"model": embedder.model_id, "store": self.settings.store})
-        log.info("serving %s from the %s store", embedder.model_id, self.settings.store)
-        return Backend(searcher=searcher, embedder=embedder)
+        self.metrics.model_info.info(
+            {"model": embedder.model_id, "store": self.settings.store, "backend": embedder.backend}
+        )
+        log.info(
+            "serving %s (%s) from the %s store",
+            embedder.model_id,
+            embedder.backend,
+            self.settings.store,
+        )
+        batcher = MicroBatcher(
+            embedder.predict,
+            self.settings.api_batch_size,
+            self.settings.api_batch_wait_ms / 1000,
+            self.metrics.batch_size.observe,
+        )
+        return Backend(searcher=searcher, embedder=BatchedEmbedder(embedder, batcher))
 
     def close(self) -> None:
         if self._library is not None:

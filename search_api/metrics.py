@@ -17,7 +17,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-# Query embedding is ~25 ms on 2 cores; uploads of large photos take longer to decode.
+# Query embedding is ~10-25 ms on 2 cores; uploads of large photos take longer to decode.
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -50,6 +50,12 @@ class Metrics:
             "lookalike_query_embedding_seconds",
             "Decoding and embedding one query image.",
             buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            "lookalike_query_batch_size",
+            "Query images embedded together in one model call (micro-batching).",
+            buckets=(1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64),
             registry=self.registry,
         )
         self.search_seconds = Histogram(

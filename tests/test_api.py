@@ -9,8 +9,10 @@ from __future__ import annotations
 import dataclasses
 import io
 import shutil
+import threading
 import warnings
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +28,7 @@ from support import CAT_COPIES, ingest_samples, serving, stem
 from pipeline import maps, tags
 from pipeline.backbones import DEFAULT_MODEL, REGISTRY
 from pipeline.discover import uri_to_path
-from pipeline.embed import get_embedder, model_path
+from pipeline.embed import get_embedder, model_path, onnx_path
 from pipeline.ingest import ingest
 from pipeline.library import Library
 from pipeline.search import image_vector
@@ -391,9 +393,42 @@ def test_probes_and_metrics(client: TestClient, home: Settings) -> None:
     assert metrics.headers["content-type"].startswith("text/plain")
     text = metrics.text
     assert 'lookalike_http_requests_total{method="POST",route="/search",status="200"}' in text
-    assert 'lookalike_model_info{model="mobilenet_v2-imagenet@1",store="embedded"} 1.0' in text
+    assert (
+        'lookalike_model_info{backend="onnx",model="mobilenet_v2-imagenet@1",store="embedded"} 1.0'
+        in text
+    )
     assert "lookalike_query_embedding_seconds_count" in text
     assert "process_resident_memory_bytes" in text
+
+
+def test_concurrent_image_queries_are_embedded_together_and_answered_alike(
+    client: TestClient, home: Settings, samples: Path
+) -> None:
+    """Eight uploads at once share model calls (the batch-size histogram shows it) and each
+    gets the answer it gets alone."""
+    photos = sorted(p for p in (samples / "originals").glob("*.jpg"))[:8]
+    alone = {p.name: [h["id"] for h in upload(client, p).json()["hits"]] for p in photos}
+    with configured(home, api_batch_wait_ms=500) as batched:
+        start = threading.Barrier(len(photos))
+
+        def query(path: Path) -> list[str]:
+            start.wait()
+            response = upload(batched, path)
+            assert response.status_code == 200, response.text
+            return [h["id"] for h in response.json()["hits"]]
+
+        with ThreadPoolExecutor(len(photos)) as pool:
+            together = dict(zip([p.name for p in photos], pool.map(query, photos), strict=True))
+        text = batched.get("/metrics").text
+    assert together == alone
+    sizes = {
+        line.split()[0]: float(line.split()[1])
+        for line in text.splitlines()
+        if line.startswith("lookalike_query_batch_size_")
+    }
+    # (the start-up warm-up call goes around the batcher: only the queries are counted)
+    assert sizes["lookalike_query_batch_size_sum"] == len(photos)
+    assert sizes["lookalike_query_batch_size_count"] < len(photos)
 
 
 def test_the_web_page_and_its_files_are_served(client: TestClient) -> None:
@@ -632,6 +667,7 @@ def test_a_model_rollout_is_picked_up_without_restart(
     # The same network under a new name: copy the converted model instead of converting again.
     model_dir = get_settings().model_dir
     shutil.copy(model_path(embedder.spec, model_dir), model_path(new, model_dir))
+    shutil.copy(onnx_path(embedder.spec, model_dir), onnx_path(new, model_dir))
     settings = Settings(
         home=tmp_path / "home",
         batch_size=8,
