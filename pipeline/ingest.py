@@ -10,7 +10,8 @@ writer), each timed per batch so a slow stage shows up in the run's summary:
   probabilities, turned into labels, then custom tags (``pipeline/tags.py``: no model call);
   files that could not be decoded become quarantine records;
 * **writer**: ``IndexWriter`` upserts the documents into one model version's index and keeps
-  the quarantine log in step (rollouts bring their own writer, ``pipeline/rollout.py``).
+  the quarantine log in step (rollouts bring their own writer, ``pipeline/rollout.py``), in a
+  thread one batch behind the mapper, so writing overlaps the next model call.
 
 A run is planned first and executed second, so the same code serves one process and many:
 ``plan_run`` decides everything (what to embed, what to delete) into a JSON-serialisable
@@ -27,6 +28,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -318,29 +320,44 @@ def run_stages(
     write: Callable[[Mapped], W],
 ) -> Iterator[W]:
     """The runner: reader -> mapper -> writer over ``batches``, each stage timed per batch,
-    yielding each batch's result once it is written (the reader keeps decoding the next batch
-    meanwhile)."""
+    yielding each batch's result once it is written, in order.
+
+    The writer runs in a thread of its own, one batch behind the mapper: while batch k is
+    written (documents serialised, upserted), the model already embeds batch k + 1 (the model
+    releases the GIL), and the decode workers read further ahead. A batch whose write fails
+    stops the run with that error; batches written before it are yielded.
+    """
 
     labeler = get_labeler()
     tagger = Tagger.load(embedder.model_id, settings)
-    for number, (items, read_wait) in enumerate(read(batches, embedder.spec, settings), 1):
+
+    def written(mapped: Mapped, timings: dict[str, float]) -> W:
         start = time.perf_counter()
-        mapped = embed(items, embedder, labeler, settings, tagger)
-        embedded = time.perf_counter()
         result = write(mapped)
-        timings = {
-            "read_wait": read_wait,
-            "embed": embedded - start,
-            "write": time.perf_counter() - embedded,
-        }
+        timings["write"] = time.perf_counter() - start
         result.seconds.update(timings)
+        return result
+
+    def finish(number: int, future: Future[W]) -> W:
+        result = future.result()
         log.debug(
-            "batch %d: %d images, %s",
+            "batch %d: %s",
             number,
-            len(items),
-            ", ".join(f"{stage} {s:.2f} s" for stage, s in timings.items()),
+            ", ".join(f"{stage} {s:.2f} s" for stage, s in result.seconds.items()),
         )
-        yield result
+        return result
+
+    with ThreadPoolExecutor(1, thread_name_prefix="lookalike-writer") as writer:
+        pending: tuple[int, Future[W]] | None = None
+        for number, (items, read_wait) in enumerate(read(batches, embedder.spec, settings), 1):
+            start = time.perf_counter()
+            mapped = embed(items, embedder, labeler, settings, tagger)
+            timings = {"read_wait": read_wait, "embed": time.perf_counter() - start}
+            if pending is not None:
+                yield finish(*pending)  # at most one batch waits to be written
+            pending = number, writer.submit(written, mapped, timings)
+        if pending is not None:
+            yield finish(*pending)
 
 
 # -- runs ---------------------------------------------------------------------------------------
