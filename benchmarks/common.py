@@ -76,7 +76,15 @@ def machine_info() -> dict[str, Any]:
         pass
     ram_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     packages = {}
-    for name in ("tensorflow-cpu", "tensorflow", "lancedb", "numpy", "pillow", "scikit-learn"):
+    for name in (
+        "tensorflow-cpu",
+        "tensorflow",
+        "lancedb",
+        "numpy",
+        "pillow",
+        "scikit-learn",
+        "onnxruntime",
+    ):
         try:
             packages[name] = version(name)
         except PackageNotFoundError:

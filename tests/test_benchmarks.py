@@ -344,3 +344,27 @@ def test_throughput_benchmark_tiny_compares_the_backends(
     for ceiling in result["cpu_bound_ceiling"].values():
         assert ceiling["images_per_s"] > 0 and 0 < ceiling["share_of_model_only"] < 1
     throughput.print_report(result)
+
+
+@pytest.mark.slow
+def test_api_latency_benchmark_tiny(embedder, tmp_path: Path) -> None:
+    """Both servers (micro-batched and not) answer every query; the figures are written."""
+    from benchmarks import api_latency
+
+    out = tmp_path / "api.json"
+    api_latency.main(
+        ["--clients", "1,3", "--requests", "6", "--warmup", "1", "--results", str(out)]
+    )
+    saved = json.loads(out.read_text())
+    levels = saved["levels"]
+    assert [(r["server"], r["query"], r["clients"]) for r in levels] == [
+        ("batched", "image upload", 1),
+        ("batched", "image upload", 3),
+        ("batched", "asset (no model)", 1),
+        ("batched", "asset (no model)", 3),
+        ("unbatched", "image upload", 1),
+        ("unbatched", "image upload", 3),
+    ]
+    assert all(r["errors"] == 0 for r in levels)
+    assert saved["model_only"]["images_per_s"] > 0 and saved["backend"] == "onnx"
+    assert saved["images_per_model_call"]["unbatched"]["mean"] == 1.0
