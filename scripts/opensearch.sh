@@ -105,8 +105,24 @@ ensure_user() {
   useradd --system --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$NODE_USER"
 }
 
+# A free port below the kernel's ephemeral range (ip_local_port_range): a node restarted on its
+# old port must find it free, and an outgoing connection can take any ephemeral port meanwhile.
 free_port() {
-  python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+  python3 - <<'PY'
+import random, socket
+low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+candidates = range(20000, min(low, 32768)) if low > 20200 else [0]  # [0]: the kernel's pick
+for port in random.sample(candidates, min(200, len(candidates))):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        print(s.getsockname()[1])
+        break
+else:
+    raise SystemExit("no free port below the ephemeral range")
+PY
 }
 
 # -- the distribution, assembled once ---------------------------------------------------------------
@@ -166,9 +182,17 @@ assemble() {  # print the home folder of a ready distribution
 # -- one node -------------------------------------------------------------------------------------
 node_dir() { echo "$cluster_dir/node-$1"; }
 
+# Is process $1 alive? A killed node's JVM stays a zombie until its parent reaps it, and a
+# daemon's parent is PID 1, which in a container or a small VM may reap late; `kill -0` succeeds
+# on a zombie, so ask for the state instead.
+alive() {
+  local state; state="$(ps -o stat= -p "$1" 2>/dev/null || true)"
+  [ -n "$state" ] && [ "${state:0:1}" != Z ]
+}
+
 running() {  # is node $1 alive?
   local pid_file; pid_file="$(node_dir "$1")/pid"
-  [ -s "$pid_file" ] && kill -0 "$(cat "$pid_file")" 2>/dev/null
+  [ -s "$pid_file" ] && alive "$(cat "$pid_file")"
 }
 
 write_config() {  # node index, its home, http port, transport port, seeds, managers
@@ -234,6 +258,7 @@ wait_ready() {  # url, expected number of nodes
       [ -z "$only" ] || [ "$i" = "$only" ] || continue
       if [ -s "$(node_dir "$i")/pid" ] && ! running "$i"; then
         tail -n 40 "$(node_dir "$i")/logs/lookalike-$name.log" >&2 2>/dev/null || true
+        tail -n 20 "$(node_dir "$i")/logs/stdout.log" >&2 2>/dev/null || true
         die "node $name-$i exited while starting (logs: $(node_dir "$i")/logs)"
       fi
     done
@@ -285,7 +310,7 @@ stop_node() {
     pid="$(cat "$dir/pid")"
     kill "$pid" 2>/dev/null || true
     local deadline=$((SECONDS + 30))
-    while kill -0 "$pid" 2>/dev/null && [ $SECONDS -lt $deadline ]; do sleep 0.5; done
+    while alive "$pid" && [ $SECONDS -lt $deadline ]; do sleep 0.5; done
     kill -9 "$pid" 2>/dev/null || true
     log "stopped $name-$i"
   fi

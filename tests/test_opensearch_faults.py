@@ -16,6 +16,7 @@ import csv
 import logging
 import os
 import shutil
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -220,3 +221,39 @@ def test_killing_a_node_mid_ingest_loses_and_duplicates_nothing(pair: nodes.Node
         reader.join()
     assert failures == []
     assert before_rejoin > 10 and searches["ok"] > before_rejoin, "search kept answering"
+
+
+def test_a_killed_node_left_a_zombie_counts_as_stopped(tmp_path: Path) -> None:
+    """A node killed with ``kill -9`` is a zombie until its parent reaps it (PID 1 for a daemon,
+    which reaps late in a small VM); ``kill -0`` succeeds on a zombie, and the script once took
+    the dead node for running, so ``start --node`` skipped the launch and then reported that
+    the node "exited while starting". Here the zombie is a child this test does not reap."""
+    child = subprocess.Popen(["sleep", "0"])
+    deadline = time.monotonic() + 10
+    while _state(child.pid) != "Z" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _state(child.pid) == "Z"
+    node_dir = tmp_path / "zombie" / "node-1"
+    node_dir.mkdir(parents=True)
+    (tmp_path / "zombie" / "nodes").write_text("1\n")
+    (node_dir / "http_port").write_text("9\n")
+    (node_dir / "pid").write_text(f"{child.pid}\n")
+    env = {**os.environ, "LOOKALIKE_NODE_RUN": str(tmp_path)}
+    status = subprocess.run(
+        ["bash", str(nodes.SCRIPT), "status", "--name", "zombie"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    child.wait()
+    assert status.returncode == 3, status.stdout + status.stderr
+    assert "zombie-1: stopped" in status.stdout
+
+
+def _state(pid: int) -> str:
+    """The process state letter from /proc (R, S, Z, ...), or "" once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
