@@ -109,8 +109,9 @@ ensure_user() {
 # old port must find it free, and an outgoing connection can take any ephemeral port meanwhile.
 free_port() {
   python3 - <<'PY'
-import random, socket
-low = int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+import pathlib, random, socket
+ports = pathlib.Path("/proc/sys/net/ipv4/ip_local_port_range")  # Linux; elsewhere the kernel picks
+low = int(ports.read_text().split()[0]) if ports.exists() else 0
 candidates = range(20000, min(low, 32768)) if low > 20200 else [0]  # [0]: the kernel's pick
 for port in random.sample(candidates, min(200, len(candidates))):
     with socket.socket() as s:
