@@ -223,7 +223,9 @@ def ingested(
         ids = [asset_id(path_to_uri(Path(item["path"]))) for item in items]
         found: dict[str, AssetDocument] = {}
         for start in range(0, len(ids), 500):
-            found.update(index.get(ids[start : start + 500], with_embedding=True))
+            found.update(
+                index.get(ids[start : start + 500], with_embedding=True, with_regions=True)
+            )
     missing = [item["path"] for i, item in zip(ids, items, strict=True) if i not in found]
     if missing:
         raise SystemExit(f"{len(missing)} files were not indexed (quarantined?): {missing[:3]}")
@@ -377,7 +379,7 @@ def apply_speed(
             sample = [doc.id for doc in copies[:READ_SAMPLE]]
             started = time.perf_counter()
             for start in range(0, len(sample), chunk):
-                index.get(sample[start : start + chunk], with_embedding=True)
+                index.get(sample[start : start + chunk], with_embedding=True, with_regions=True)
             read_s = time.perf_counter() - started
             size_mib = sum(f.stat().st_size for f in settings.store_dir.rglob("*") if f.is_file())
             judgements = [

@@ -287,7 +287,9 @@ class Searcher:
         matches: dict[str, RegionMatch | None] = {}
         if _legs(request)[1:] and page_ids:
             # Which region gave each hit its similarity: from the page's own vectors.
-            with_vectors = self.index.get(page_ids, with_embedding=True)
+            with_vectors = self.index.get(
+                page_ids, with_embedding=True, with_regions=ranks_library_regions(request)
+            )
             matches = {i: similarity(request, d)[1] for i, d in with_vectors.items()}
             docs = {i: _without_vectors(d) for i, d in with_vectors.items()}
         else:
@@ -313,13 +315,15 @@ class Searcher:
 
     def similar(self, asset_id: str, request: SearchRequest) -> SearchResponse:
         """Search with an indexed asset's own embedding (and regions), leaving the asset out."""
-        doc = self.index.get([asset_id], with_embedding=True).get(asset_id)
+        query_regions = ranks_query_regions(request)
+        found = self.index.get([asset_id], with_embedding=True, with_regions=query_regions)
+        doc = found.get(asset_id)
         if doc is None or doc.embedding is None:
             raise AssetNotFound(f"no indexed asset with id {asset_id!r}")
         update = {
             "vector": doc.embedding,
             "query_regions": [QueryRegion(box=r.box, vector=r.embedding) for r in doc.regions]
-            if ranks_query_regions(request)
+            if query_regions
             else [],
             "exclude_ids": [*request.exclude_ids, asset_id],
         }
@@ -361,7 +365,9 @@ class Searcher:
         bm25 = dict(text_leg)
         candidates = list(dict.fromkeys([i for i, _ in vector_leg] + [i for i, _ in text_leg]))
         if missing := [i for i in candidates if i not in cosines]:
-            docs = self.index.get(missing, with_embedding=True)
+            docs = self.index.get(
+                missing, with_embedding=True, with_regions=ranks_library_regions(request)
+            )
             cosines |= {i: similarity(request, d)[0] for i, d in docs.items() if d.embedding}
         if missing := [i for i in candidates if i not in bm25]:
             only = filters.Term("id", tuple(missing))
@@ -369,6 +375,11 @@ class Searcher:
             bm25 |= dict(self.index.bm25(request.text or "", scoped, len(missing)).scored)
         fused = fuse(request, vector_leg, text_leg, cosines, bm25)
         return [(i, score, cosines.get(i), bm25.get(i)) for i, score in fused]
+
+
+def ranks_library_regions(request: SearchRequest) -> bool:
+    """Whether the request's mode ranks the library's regions (so they must be read)."""
+    return request.regions in ("library", "both")
 
 
 def ranks_query_regions(request: SearchRequest) -> bool:
@@ -384,7 +395,7 @@ def _legs(request: SearchRequest) -> list[tuple[list[float], bool]]:
         return []
     vector = request.vector
     legs = [(vector, False)]
-    if request.regions in ("library", "both"):
+    if ranks_library_regions(request):
         legs.append((vector, True))
     if ranks_query_regions(request):
         legs += [(region.vector, False) for region in request.query_regions]
@@ -401,7 +412,7 @@ def similarity(request: SearchRequest, doc: AssetDocument) -> tuple[float, Regio
     query = _unit(request.vector or [])
     embedding = np.asarray(doc.embedding, dtype=np.float64)
     best: tuple[float, RegionMatch | None] = (float(embedding @ query), None)
-    if request.regions in ("library", "both") and doc.regions:
+    if ranks_library_regions(request) and doc.regions:
         scores = np.asarray([r.embedding for r in doc.regions], dtype=np.float64) @ query
         top = int(np.argmax(scores))
         if scores[top] > best[0]:

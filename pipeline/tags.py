@@ -576,7 +576,7 @@ def rewrite(
     chunk: int,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> int:
-    """Read the documents passing ``where`` (with their vectors), ``change`` them and write them
+    """Read the documents passing ``where`` (with all their vectors), ``change`` them and write them
     back, ``chunk`` at a time; return how many. The ids are listed first, so documents that no
     longer pass once changed do not shift the pages."""
     total = index.count(where)
@@ -590,7 +590,9 @@ def rewrite(
     if on_progress:
         on_progress(0, len(ids))
     for start in range(0, len(ids), chunk):
-        docs = list(index.get(ids[start : start + chunk], with_embedding=True).values())
+        # The whole documents, regions too: the upsert replaces each one.
+        found = index.get(ids[start : start + chunk], with_embedding=True, with_regions=True)
+        docs = list(found.values())
         index.upsert(change(docs))
         done += len(docs)
         if on_progress:

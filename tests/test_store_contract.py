@@ -61,9 +61,9 @@ def reference(tmp_path_factory, sample_manifest: Path, embedder) -> Iterator[Lib
 
 @pytest.fixture(scope="module")
 def documents(reference: Library) -> dict[str, AssetDocument]:
-    """Every indexed document with its embedding, by id."""
+    """Every indexed document with its embedding and regions, by id."""
     index = reference.index()
-    return index.get(list(index.states()), with_embedding=True)
+    return index.get(list(index.states()), with_embedding=True, with_regions=True)
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -210,7 +210,7 @@ def test_a_second_ingest_writes_nothing(library: Store, sample_manifest: Path, e
 
 def test_get_returns_the_whole_document(library: Store, documents) -> None:
     some = list(documents)[:5]
-    found = library.index.get([*some, "no-such-id"], with_embedding=True)
+    found = library.index.get([*some, "no-such-id"], with_embedding=True, with_regions=True)
     assert set(found) == set(some)
     for doc_id in some:
         got, expected = found[doc_id], documents[doc_id]
@@ -224,6 +224,10 @@ def test_get_returns_the_whole_document(library: Store, documents) -> None:
             assert np.allclose(mine.embedding, theirs.embedding, atol=1e-6)
     plain = library.index.get(some).values()
     assert all(d.embedding is None and d.regions == [] for d in plain), "vectors only when asked"
+    embedding = library.index.get(some, with_embedding=True).values()
+    assert all(d.embedding is not None and d.regions == [] for d in embedding)
+    regions = library.index.get(some, with_regions=True).values()
+    assert all(d.embedding is None and len(d.regions) == 29 for d in regions)
 
 
 def test_delete_then_ingest_restores(
@@ -516,7 +520,7 @@ def test_a_tag_learned_from_judgements_filters_like_a_label(
     ]
     trained = tags.train("kitty", judged, library.index, settings)
     shared = Library(library.library.backend, settings)
-    before = library.index.get(list(documents), with_embedding=True)
+    before = library.index.get(list(documents), with_embedding=True, with_regions=True)
     try:
         assert tags.apply(shared).scored == len(documents)
         expected = (
@@ -533,7 +537,7 @@ def test_a_tag_learned_from_judgements_filters_like_a_label(
         }
         stale = tags.Tagger.load(library.index.model_id, settings).stale()
         assert library.index.count(stale) == 0 and tags.apply(shared).scored == 0
-        after = library.index.get(list(documents), with_embedding=True)
+        after = library.index.get(list(documents), with_embedding=True, with_regions=True)
         for i, doc in before.items():
             assert after[i].tags["kitty"].passed == (i in passing)
             was, now = doc.model_dump(), after[i].model_dump()
@@ -678,7 +682,7 @@ def test_an_index_from_before_regions_and_tags_takes_documents_with_them(
             )
         assert index.upsert([tagged]) == 1
         index.optimize()
-        got = index.get([old.id, new.id], with_embedding=True)
+        got = index.get([old.id, new.id], with_embedding=True, with_regions=True)
         assert got[old.id].regions == [] and len(got[new.id].regions) == 29
         assert got[old.id].tags == {} and got[new.id].tags == tagged.tags
         unscored = filters.Not(filters.Term("tag_versions", ("kitty@1",)))

@@ -177,9 +177,12 @@ class DocumentIndex(ABC):
     # -- reads -------------------------------------------------------------------------------
 
     @abstractmethod
-    def get(self, ids: Sequence[str], with_embedding: bool = False) -> dict[str, AssetDocument]:
-        """The documents with these ids that exist, by id; their embedding and regions only
-        ``with_embedding``."""
+    def get(
+        self, ids: Sequence[str], with_embedding: bool = False, with_regions: bool = False
+    ) -> dict[str, AssetDocument]:
+        """The documents with these ids that exist, by id; their embedding only
+        ``with_embedding``, their regions only ``with_regions`` (a document's regions are many
+        vectors: reading them made an asset query's one-row read cost 3 times as much)."""
 
     @abstractmethod
     def states(self) -> dict[str, StoredState]:

@@ -619,9 +619,9 @@ class ClusterBackend(Backend):
     def cosine_from_score(score: float) -> float:
         """The cosine similarity behind one of the backend's kNN scores."""
 
-    def embedding_source(self) -> Any:
-        """The ``_source`` option that returns a document with its embedding."""
-        return True
+    def source(self, excludes: list[str]) -> Any:
+        """The ``_source`` option that returns a document without the ``excludes`` fields."""
+        return {"excludes": excludes} if excludes else True
 
     # -- templates -----------------------------------------------------------------------------
 
@@ -901,10 +901,17 @@ class ClusterIndex(DocumentIndex):
         return len(ids)
 
     @reported
-    def get(self, ids: Sequence[str], with_embedding: bool = False) -> dict[str, AssetDocument]:
+    def get(
+        self, ids: Sequence[str], with_embedding: bool = False, with_regions: bool = False
+    ) -> dict[str, AssetDocument]:
         if not ids:
             return {}
-        source = self.backend.embedding_source() if with_embedding else _source(True)
+        excludes = [
+            f
+            for f, wanted in (("embedding", with_embedding), ("regions", with_regions))
+            if not wanted
+        ]
+        source = self.backend.source(excludes)
         found = self.backend.hits(self.name, get_body(ids, source))
         return {h["_id"]: from_source(h["_source"], AssetDocument) for h in found}
 

@@ -131,5 +131,8 @@ class ElasticsearchBackend(ClusterBackend):
             self._version = (major, minor)
         return self._version
 
-    def embedding_source(self) -> Any:
-        return {"exclude_vectors": False} if self.version() >= (9, 2) else True
+    def source(self, excludes: list[str]) -> Any:
+        if self.version() < (9, 2):
+            return super().source(excludes)
+        # From 9.2 ``_source`` leaves vectors out unless asked for them.
+        return {"exclude_vectors": False, **({"excludes": excludes} if excludes else {})}

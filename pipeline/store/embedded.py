@@ -19,6 +19,12 @@ Design notes (measured in ``../shared/notes/environment.md`` and ``benchmarks/``
   exact, so counts are too.
 * Text search is LanceDB's full-text index (with positions, so phrases work) over one ``text``
   column: title, description and keywords.
+* Writes go through LanceDB's sync ``Table``; the reads a search makes go through its async
+  ``AsyncTable`` on LanceDB's own event loop (``lancedb.background_loop.LOOP``, which LanceDB
+  restarts in a forked child), one coroutine per read. The sync query builder asks the table
+  for its schema several times per query, each a round trip to that loop: an asset query took
+  13-14 ms that way and 6-7 ms now (``benchmarks/api_latency.py``, section 8 of
+  ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -37,7 +43,9 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from lancedb.background_loop import LOOP
 from lancedb.index import FTS, BTree, IvfSq, LabelList
+from lancedb.table import AsyncTable
 from pydantic import BaseModel
 
 from pipeline import filters
@@ -97,7 +105,7 @@ DOCUMENT_COLUMNS = [f.name for f in FIELDS if f.stored and f.kind not in VECTOR_
 REGION_BOXES = "region_boxes"
 """The column beside ``regions`` (one vector per region, a multivector column) that holds the
 regions' boxes in the same order."""
-VECTOR_COLUMNS = ["embedding", "regions", REGION_BOXES]
+REGION_COLUMNS = ["regions", REGION_BOXES]
 
 
 def arrow_schema(fields: Sequence[FieldSpec], dim: int | None = None) -> pa.Schema:
@@ -188,7 +196,11 @@ class EmbeddedBackend(Backend):
         settings.store_dir.mkdir(parents=True, exist_ok=True)
         # Interval 0: every query sees the latest committed version, so a long-running API
         # process notices ingests made by the CLI or Airflow without a restart.
-        self.db = lancedb.connect(settings.store_dir, read_consistency_interval=timedelta(0))
+        fresh = timedelta(0)
+        self.db = lancedb.connect(settings.store_dir, read_consistency_interval=fresh)
+        self.reads = LOOP.run(
+            lancedb.connect_async(settings.store_dir, read_consistency_interval=fresh)
+        )
         self.catalogue = EmbeddedCatalogue(self)
         self.quarantine = EmbeddedQuarantine(self)
         self.runs = EmbeddedRunLog(self)
@@ -271,6 +283,7 @@ class EmbeddedIndex(DocumentIndex):
         self.model_id = model_id
         self.name = table_name(self.settings.table, model_id)
         self._table: lancedb.table.Table | None = None
+        self._reader: AsyncTable | None = None
 
     @property
     @reported
@@ -285,6 +298,15 @@ class EmbeddedIndex(DocumentIndex):
                 if legacy:
                     self.optimize()
         return self._table
+
+    @property
+    @reported
+    def reader(self) -> AsyncTable | None:
+        """The same table for reads, through the async API (see the module docstring); opened
+        after ``table``, so that an old table is upgraded before it is read."""
+        if self._reader is None and self.table is not None:
+            self._reader = LOOP.run(self.backend.reads.open_table(self.name))
+        return self._reader
 
     def _add_missing(self, table: lancedb.table.Table) -> None:
         """Tables written by an earlier version lack the columns of later fields (regions,
@@ -403,33 +425,32 @@ class EmbeddedIndex(DocumentIndex):
     # -- reads -------------------------------------------------------------------------------
 
     @reported
-    def get(self, ids: Sequence[str], with_embedding: bool = False) -> dict[str, AssetDocument]:
-        if not ids or self.table is None:
+    def get(
+        self, ids: Sequence[str], with_embedding: bool = False, with_regions: bool = False
+    ) -> dict[str, AssetDocument]:
+        reader = self.reader
+        if not ids or reader is None:
             return {}
-        columns = [*DOCUMENT_COLUMNS, *VECTOR_COLUMNS] if with_embedding else DOCUMENT_COLUMNS
-        rows = (
-            self.table.search()
-            .where(_in_list("id", ids))
-            .select(columns)
-            .limit(len(ids))
-            .to_arrow()
-            .to_pylist()
-        )
-        return {row["id"]: _document(row) for row in rows}
+        columns = [
+            *DOCUMENT_COLUMNS,
+            *(["embedding"] if with_embedding else []),
+            *(REGION_COLUMNS if with_regions else []),
+        ]
+        query = reader.query().where(_in_list("id", ids)).select(columns).limit(len(ids))
+        return {row["id"]: _document(row) for row in LOOP.run(query.to_list())}
 
     @reported
     def states(self) -> dict[str, StoredState]:
-        if self.table is None:
+        reader = self.reader
+        if reader is None:
             return {}
-        rows = self.table.search().select(STATE_FIELDS).limit(None).to_arrow().to_pylist()
+        rows = LOOP.run(reader.query().select(STATE_FIELDS).to_list())
         return {row["id"]: StoredState(**row) for row in rows}
 
     @reported
     def count(self, where: filters.Filter | None = None) -> int:
-        if self.table is None:
-            return 0
-        sql = self.sql(where)
-        return self.table.count_rows(sql) if sql else self.table.count_rows()
+        reader = self.reader
+        return 0 if reader is None else LOOP.run(reader.count_rows(self.sql(where)))
 
     @reported
     def knn(
@@ -440,8 +461,8 @@ class EmbeddedIndex(DocumentIndex):
         documents: bool = False,
         regions: bool = False,
     ) -> Ranking:
-        table = self.table
-        if table is None:
+        reader = self.reader
+        if reader is None:
             return Ranking([])
         sql = self.sql(where)
         query_vector = np.asarray(vector, dtype=np.float32)
@@ -450,64 +471,71 @@ class EmbeddedIndex(DocumentIndex):
             ("regions", query_vector[None]) if regions else ("embedding", query_vector)
         )
         query = (
-            table.search(query_vector, vector_column_name=column)
+            reader.query()
+            .nearest_to(query_vector)
+            .column(column)
             .distance_type("cosine")
             .select([*(DOCUMENT_COLUMNS if documents else ["id"]), "_distance"])
             .limit(k)
         )
         if sql:
-            query = query.where(sql, prefilter=True)
-        if not regions and any(i.columns == ["embedding"] for i in table.list_indices()):
-            rows = table.count_rows()
-            passing = table.count_rows(sql) if sql else rows
+            query = query.where(sql)  # a prefilter: k hits that pass, not k hits filtered
+
+        async def search() -> list[dict[str, Any]]:
+            indexed = any(i.columns == ["embedding"] for i in await reader.list_indices())
+            if regions or not indexed:
+                return await query.to_list()
+            rows = await reader.count_rows()
+            passing = await reader.count_rows(sql) if sql else rows
             if passing <= self.settings.exact_search_max_rows:
-                query = query.bypass_vector_index()
-            else:
-                probes = max(
-                    self.settings.nprobes,
-                    math.ceil(self.settings.nprobes_fraction * self._partitions(rows)),
-                )
-                query = query.nprobes(probes).refine_factor(self.settings.refine_factor)
-            found = query.to_list()
+                return await query.bypass_vector_index().to_list()
+            probes = max(
+                self.settings.nprobes,
+                math.ceil(self.settings.nprobes_fraction * self._partitions(rows)),
+            )
+            found = await query.nprobes(probes).refine_factor(self.settings.refine_factor).to_list()
             if len(found) < min(k, passing):
                 # The ANN index missed matches a selective filter let through: rank exactly.
-                found = query.bypass_vector_index().to_list()
-        else:
-            found = query.to_list()
+                found = await query.bypass_vector_index().to_list()
+            return found
+
+        found = LOOP.run(search())
         return _ranking(found, lambda r: 1.0 - float(r["_distance"]), documents)
 
     @reported
     def bm25(
         self, text: str, where: filters.Filter | None, k: int, documents: bool = False
     ) -> Ranking:
-        table = self.table
+        reader = self.reader
         query_text = lance_text(text)
-        if table is None or not query_text:
+        if reader is None or not query_text:
             return Ranking([])
-        sql = self.sql(where)
         query = (
-            table.search(query_text, query_type="fts", fts_columns="text")
+            reader.query()
+            .nearest_to_text(query_text, columns="text")
             .select([*(DOCUMENT_COLUMNS if documents else ["id"]), "_score"])
             .limit(k)
         )
-        if sql:
-            query = query.where(sql, prefilter=True)
-        return _ranking(query.to_list(), lambda r: float(r["_score"]), documents)
+        if sql := self.sql(where):
+            query = query.where(sql)  # a prefilter, as for knn
+        return _ranking(LOOP.run(query.to_list()), lambda r: float(r["_score"]), documents)
 
     @reported
     def scan(self, where: filters.Filter | None, offset: int, limit: int) -> list[str]:
-        if self.table is None:
+        reader = self.reader
+        if reader is None:
             return []
-        query = self.table.search().select(["id"]).offset(offset).limit(limit)
+        query = reader.query().select(["id"]).offset(offset).limit(limit)
         if sql := self.sql(where):
             query = query.where(sql)
-        return [row["id"] for row in query.to_arrow().to_pylist()]
+        return [row["id"] for row in LOOP.run(query.to_list())]
 
     @reported
     def label_counts(self, min_confidence: float, limit: int) -> dict[str, int]:
-        if self.table is None:
+        reader = self.reader
+        if reader is None:
             return {}
-        labels = self.table.search().select(["labels"]).limit(None).to_arrow()["labels"]
+        labels = LOOP.run(reader.query().select(["labels"]).to_arrow())["labels"]
         flat = pc.list_flatten(labels)
         names = pc.filter(
             pc.struct_field(flat, "name"),
@@ -559,15 +587,12 @@ class EmbeddedIndex(DocumentIndex):
         first = math.ceil(threshold)
         above = [label_key(node.name, b) for b in range(first, 101)]
         clause = _has_any("label_keys", above) if above else "false"
-        if threshold == first or self.table is None:
+        reader = self.reader
+        if threshold == first or reader is None:
             return clause
         boundary = _has_any("label_keys", [label_key(node.name, math.floor(threshold))])
-        rows = self.table.search().where(boundary).select(["id", "labels"]).limit(None)
-        passing = [
-            r["id"]
-            for r in rows.to_arrow().to_pylist()
-            if node.matches([Label(**lab) for lab in r["labels"]])
-        ]
+        rows = LOOP.run(reader.query().where(boundary).select(["id", "labels"]).to_list())
+        passing = [r["id"] for r in rows if node.matches([Label(**lab) for lab in r["labels"]])]
         return f"({clause} OR {_in_list('id', passing)})" if passing else clause
 
 
