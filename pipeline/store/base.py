@@ -182,7 +182,7 @@ class DocumentIndex(ABC):
     ) -> dict[str, AssetDocument]:
         """The documents with these ids that exist, by id; their embedding only
         ``with_embedding``, their regions only ``with_regions`` (a document's regions are many
-        vectors: reading them made an asset query's one-row read cost 3 times as much)."""
+        vectors: about half of an asset query's one-row read went to them)."""
 
     @abstractmethod
     def states(self) -> dict[str, StoredState]:

@@ -283,6 +283,10 @@ def to_source(record: BaseModel, fields: Sequence[FieldSpec]) -> dict[str, Any]:
     return source
 
 
+VECTOR_FIELDS = ("embedding", "regions")
+"""A document's vector fields: large, so ``_source`` carries them only when asked."""
+
+
 def from_source(source: dict[str, Any], model: type[Any]) -> Any:
     """The record behind a ``_source`` (derived fields and the other kind's fields left out)."""
     return model.model_validate(
@@ -906,12 +910,8 @@ class ClusterIndex(DocumentIndex):
     ) -> dict[str, AssetDocument]:
         if not ids:
             return {}
-        excludes = [
-            f
-            for f, wanted in (("embedding", with_embedding), ("regions", with_regions))
-            if not wanted
-        ]
-        source = self.backend.source(excludes)
+        wanted = {"embedding": with_embedding, "regions": with_regions}
+        source = self.backend.source([f for f in VECTOR_FIELDS if not wanted[f]])
         found = self.backend.hits(self.name, get_body(ids, source))
         return {h["_id"]: from_source(h["_source"], AssetDocument) for h in found}
 
@@ -1041,7 +1041,7 @@ class ClusterJudgements(JudgementLog):
 
 def _source(documents: bool) -> Any:
     """The ``_source`` option of a ranking: nothing, or the documents without their vectors."""
-    return {"excludes": ["embedding", "regions"]} if documents else False
+    return {"excludes": list(VECTOR_FIELDS)} if documents else False
 
 
 def _ranking(hits: list[dict[str, Any]], score: Callable[[dict[str, Any]], float]) -> Ranking:
