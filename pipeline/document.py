@@ -9,9 +9,10 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+import numpy as np
+from pydantic import BaseModel, Field, PlainSerializer, PlainValidator, WithJsonSchema
 
 
 class Label(BaseModel):
@@ -35,6 +36,28 @@ class Label(BaseModel):
         }
 
 
+def _vector(value: Any) -> np.ndarray:
+    try:
+        array = np.asarray(value, dtype=np.float32)
+    except (TypeError, ValueError):
+        raise ValueError("a vector is a list of numbers") from None
+    if array.ndim != 1 or not len(array):
+        raise ValueError(f"a vector is a non-empty list of numbers, not of shape {array.shape}")
+    return array
+
+
+Vector = Annotated[
+    np.ndarray,
+    PlainValidator(_vector),
+    PlainSerializer(lambda array: array.tolist(), when_used="json"),
+    WithJsonSchema({"type": "array", "items": {"type": "number"}}),
+]
+"""A region's embedding, held as float32 numpy and a list only in JSON. Why: an asset has 29
+regions of 1,280 numbers, and moving them through Python floats (``tolist``, validation,
+Arrow's conversion) cost more CPU per image than the model itself (docs/benchmarks.md,
+section 8)."""
+
+
 class Region(BaseModel):
     """A part of an asset's image and its embedding (``pipeline/regions.py``), so that an
     object filling part of a photo is found from its own picture, and the other way round."""
@@ -42,7 +65,13 @@ class Region(BaseModel):
     box: tuple[float, float, float, float] = Field(
         description="x, y, width, height: fractions 0..1 of the upright image."
     )
-    embedding: list[float] = Field(description="L2-normalised, comparable with `embedding`.")
+    embedding: Vector = Field(description="L2-normalised, comparable with `embedding`.")
+
+    def __eq__(self, other: object) -> bool:
+        """Field by field, the vector by value (numpy's ``==`` compares element-wise)."""
+        if not isinstance(other, Region):
+            return NotImplemented
+        return self.box == other.box and np.array_equal(self.embedding, other.embedding)
 
 
 TAG_NAME = r"[a-z][a-z0-9_]{0,39}"

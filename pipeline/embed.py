@@ -227,9 +227,7 @@ class Embedder:
             return []
         window = regions.crop_window(width, height, self.spec.resize_size, self.spec.image_size)
         boxes = regions.to_image(self.region_boxes, window)
-        return [
-            Region(box=box, embedding=v.tolist()) for box, v in zip(boxes, vectors, strict=True)
-        ]
+        return [Region(box=box, embedding=v) for box, v in zip(boxes, vectors, strict=True)]
 
     def cut_regions(self, image: Image.Image, batch_size: int = 32) -> list[Region]:
         """A query image's regions: each box of the R-MAC layout (:func:`regions.layout`) cut
@@ -246,7 +244,7 @@ class Embedder:
             ]
         )
         return [
-            Region(box=tuple(round(v, 4) for v in box), embedding=vector.tolist())
+            Region(box=tuple(round(v, 4) for v in box), embedding=vector)
             for box, vector in zip(boxes, vectors, strict=True)
         ]
 

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pipeline import filters, regions
 from pipeline.backbones import get_spec
 from pipeline.decode import decode_image
-from pipeline.document import TAG_NAME, AssetDocument, Label
+from pipeline.document import TAG_NAME, AssetDocument, Label, Vector
 from pipeline.embed import Embedder
 from pipeline.label import Labeler
 from pipeline.settings import Settings, get_settings
@@ -114,7 +114,7 @@ class QueryRegion(BaseModel):
     box: tuple[float, float, float, float] = Field(
         description="x, y, width, height: fractions 0..1 of the query image."
     )
-    vector: list[float]
+    vector: Vector
 
 
 class RegionMatch(BaseModel):

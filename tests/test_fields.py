@@ -26,6 +26,7 @@ from pipeline.document import (
     Label,
     QuarantinedItem,
     QuarantineRecord,
+    Region,
     fields_for,
 )
 from pipeline.library import Library
@@ -43,7 +44,15 @@ from pipeline.store.cluster import (
     query,
     to_source,
 )
-from pipeline.store.embedded import arrow_schema, table_name
+from pipeline.store.embedded import FIELDS as TABLE_FIELDS
+from pipeline.store.embedded import (
+    _document,
+    arrow_schema,
+    from_table,
+    table_name,
+    to_row,
+    to_table,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 MAPPINGS = REPO / "mappings"
@@ -146,6 +155,28 @@ def test_documents_and_runs_round_trip() -> None:
     assert from_source(json.loads(json.dumps(run)), IngestSummary) == summary
     switch = AliasSwitch(model="m@2", previous="m@1", trigger="rollout", embedded=5)
     assert from_source(to_source(switch, RUN_FIELDS), AliasSwitch) == switch
+
+
+def test_region_vectors_round_trip_as_numpy_and_travel_as_json_lists() -> None:
+    """Region vectors stay float32 arrays from the model to the table and back (the cost of
+    Python floats, docs/benchmarks.md section 8); JSON, the cluster stores' form, gets lists."""
+    rng = np.random.default_rng(0)
+    regions = [Region(box=(0.25 * i, 0, 0.5, 0.5), embedding=rng.random(4)) for i in range(3)]
+    docs = [_doc("a", np.full(4, 0.5), regions=regions), _doc("b", np.full(4, 0.25))]
+    assert docs[0].regions[1].embedding.dtype == np.float32
+    schema = arrow_schema(TABLE_FIELDS, dim=4)
+    table = to_table([to_row(d, TABLE_FIELDS) for d in docs], schema)
+    assert table.schema == schema and table.column("regions").to_pylist()[1] == []
+    back = [_document(row) for row in from_table(table)]
+    assert back[0].regions == regions and back[1].regions == []
+    assert back[0].model_dump(exclude={"regions"}) == docs[0].model_dump(exclude={"regions"})
+    source = json.loads(json.dumps(to_source(docs[0], FIELDS)))
+    assert source["regions"][2]["embedding"] == pytest.approx(regions[2].embedding.tolist())
+    assert from_source(source, AssetDocument).regions == regions
+    assert regions[0] != Region(box=regions[0].box, embedding=regions[0].embedding + 1)
+    for bad in (["x", "y"], [[1.0, 2.0]], []):
+        with pytest.raises(ValueError, match="a vector is"):
+            Region(box=(0, 0, 1, 1), embedding=bad)
 
 
 def test_bulk_errors_name_every_failure() -> None:
