@@ -370,6 +370,9 @@ ASSET_FIELDS: tuple[FieldSpec, ...] = (
 )
 """The asset index. Document fields in ``AssetDocument`` order, then the derived ones."""
 
+TAG_FIELDS = ("tags", "tag_names", "tag_versions")
+"""What scoring custom tags changes in a document: all that ``DocumentIndex.set_tags`` writes."""
+
 QUARANTINE_FIELDS: tuple[FieldSpec, ...] = (
     *(f for f in ASSET_FIELDS if f.name in ("id", "uri", "sha256", "fingerprint")),
     *(f for f in ASSET_FIELDS if f.name in ("size_bytes", "mtime_ns")),

@@ -575,10 +575,13 @@ def rewrite(
     change: Callable[[list[AssetDocument]], list[AssetDocument]],
     chunk: int,
     on_progress: Callable[[int, int], None] | None = None,
+    *,
+    with_embedding: bool = False,
 ) -> int:
-    """Read the documents passing ``where`` (with all their vectors), ``change`` them and write them
-    back, ``chunk`` at a time; return how many. The ids are listed first, so documents that no
-    longer pass once changed do not shift the pages."""
+    """Read the documents passing ``where`` (their embedding only ``with_embedding``, their
+    region vectors never), ``change`` their tags and write the tags back (``set_tags``),
+    ``chunk`` at a time; return how many. The ids are listed first, so documents that no longer
+    pass once changed do not shift the pages."""
     total = index.count(where)
     ids: list[str] = []
     while len(ids) < total:
@@ -590,10 +593,9 @@ def rewrite(
     if on_progress:
         on_progress(0, len(ids))
     for start in range(0, len(ids), chunk):
-        # The whole documents, regions too: the upsert replaces each one.
-        found = index.get(ids[start : start + chunk], with_embedding=True, with_regions=True)
+        found = index.get(ids[start : start + chunk], with_embedding=with_embedding)
         docs = list(found.values())
-        index.upsert(change(docs))
+        index.set_tags(change(docs))
         done += len(docs)
         if on_progress:
             on_progress(min(start + chunk, len(ids)), len(ids))
@@ -625,7 +627,14 @@ def apply(
     tagger = Tagger.load(index.model_id, settings, names)
     scored = 0
     if tagger:
-        scored = rewrite(index, tagger.stale(), tagger, settings.batch_size * 4, on_progress)
+        scored = rewrite(
+            index,
+            tagger.stale(),
+            tagger,
+            settings.batch_size * 4,
+            on_progress,
+            with_embedding=any(tag.features != "labels" for tag, _ in tagger.tags),
+        )
     passing = {
         tag.name: index.count(filters.Term("tag_names", (tag.name,))) for tag, _ in tagger.tags
     }

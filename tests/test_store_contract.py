@@ -511,7 +511,7 @@ def test_a_tag_learned_from_judgements_filters_like_a_label(
     library: Store, documents: dict[str, AssetDocument], tmp_path: Path
 ) -> None:
     """Trained from the store's own documents (read with their vectors), applied by reading
-    and rewriting them, filtered by the store: the same verdicts as scoring the reference
+    them and writing their tags, filtered by the store: the same verdicts as scoring the reference
     documents in Python, and the documents otherwise unchanged."""
     settings = library.library.settings.model_copy(update={"home": tmp_path})
     judged = [
@@ -549,6 +549,41 @@ def test_a_tag_learned_from_judgements_filters_like_a_label(
     finally:
         tags.remove(shared, "kitty")
     assert library.index.count(filters.Term("tag_versions", ("kitty@1",))) == 0
+    assert not any("kitty" in d.tags for d in library.index.get(list(documents)).values())
+
+
+def test_a_tag_write_changes_the_tags_only_and_skips_unknown_ids(library: Store, documents) -> None:
+    """``set_tags`` replaces a document's tags (a tag left out of the map is gone, and the tag
+    filters follow), leaves its vectors and every other field as stored, and neither fails on
+    nor creates a document for an id the index does not hold."""
+    index = library.index
+    first, second = sorted(documents)[:2]
+    before = index.get([first, second], with_embedding=True, with_regions=True)
+    kitty, room = (
+        TagScore(score=0.9, passed=True, version=3),
+        TagScore(score=0.1, passed=False, version=1),
+    )
+    ghost = before[first].model_copy(update={"id": "no-such-asset", "tags": {"kitty": kitty}})
+    try:
+        tagged = before[first].model_copy(update={"tags": {"kitty": kitty, "room": room}})
+        assert index.set_tags([tagged, ghost]) == 2
+        got = index.get([first, second, ghost.id], with_embedding=True, with_regions=True)
+        assert set(got) == {first, second}
+        assert got[first].tags == tagged.tags and got[second].tags == before[second].tags
+        assert index.scan(filters.Term("tag_names", ("kitty",)), 0, 10) == [first]
+        assert index.scan(filters.Term("tag_versions", ("room@1",)), 0, 10) == [first]
+        assert index.set_tags([before[first].model_copy(update={"tags": {"room": room}})]) == 1
+        now = index.get([first], with_embedding=True, with_regions=True)[first]
+        assert now.tags == {"room": room}
+        assert index.count(filters.Term("tag_versions", ("kitty@3",))) == 0
+        was = before[first]
+        assert now.regions == was.regions and len(now.regions) == 29
+        assert np.allclose(now.embedding or [], was.embedding or [], atol=1e-6)
+        unchanged = {"tags", "embedding", "regions"}
+        assert now.model_dump(exclude=unchanged) == was.model_dump(exclude=unchanged)
+    finally:
+        index.set_tags([before[first]])
+    assert index.get([first])[first].tags == before[first].tags
 
 
 @pytest.mark.parametrize("cluster", ["opensearch", "elasticsearch"])

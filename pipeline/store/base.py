@@ -171,6 +171,14 @@ class DocumentIndex(ABC):
         index refuses are listed by ``BulkWriteError`` after the others are written."""
 
     @abstractmethod
+    def set_tags(self, docs: Sequence[AssetDocument]) -> int:
+        """Write these documents' custom tags (``TAG_FIELDS``) over the stored ones, leaving
+        every other field as stored; ids not in the index are skipped. Return how many
+        documents were given. Why not ``upsert``: a tag backfill changes a few bytes of each
+        document, and rewriting whole documents with their region vectors made it slower than
+        embedding them again (docs/benchmarks.md, section 7)."""
+
+    @abstractmethod
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by id (missing ones are fine); return how many ids were given."""
 

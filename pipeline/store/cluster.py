@@ -36,6 +36,7 @@ from pipeline.document import (
     QUARANTINE_FIELDS,
     RUN_FIELDS,
     STATE_FIELDS,
+    TAG_FIELDS,
     AliasSwitch,
     AssetDocument,
     FieldSpec,
@@ -66,6 +67,8 @@ log = logging.getLogger(__name__)
 SCHEMA_VERSION = 2
 """Bumped when the layout changes incompatibly; recorded in every index's ``_meta``."""
 FIELDS = fields_for(ASSET_FIELDS, "cluster")
+TAG_UPDATE = tuple(f for f in FIELDS if f.name in TAG_FIELDS)
+"""The fields a tag update replaces."""
 FOLD_NORMALIZER = "lookalike_folded"
 TEMPLATE_PRIORITY = 200
 MAX_KNN_K = 10_000
@@ -288,10 +291,18 @@ VECTOR_FIELDS = ("embedding", "regions")
 
 
 def from_source(source: dict[str, Any], model: type[Any]) -> Any:
-    """The record behind a ``_source`` (derived fields and the other kind's fields left out)."""
+    """The record behind a ``_source`` (derived fields, the other kind's fields and keys set
+    to null left out)."""
     return model.model_validate(
-        {k: v for k, v in source.items() if k in model.model_fields and v is not None}
+        {k: _present(v) for k, v in source.items() if k in model.model_fields and v is not None}
     )
+
+
+def _present(value: Any) -> Any:
+    """A map without the keys a partial update took off (null in ``_source``: ``set_tags``)."""
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if v is not None}
+    return value
 
 
 # -- queries -------------------------------------------------------------------------------------
@@ -457,6 +468,12 @@ def index_action(index: str, doc_id: str, source: dict[str, Any]) -> dict[str, A
     return {"_op_type": "index", "_index": index, "_id": doc_id, "_source": source}
 
 
+def update_action(index: str, doc_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    """A partial update: the node merges ``fields`` into the stored document and reindexes it
+    itself, so nothing else of the document travels."""
+    return {"_op_type": "update", "_index": index, "_id": doc_id, "doc": fields}
+
+
 def delete_action(index: str, doc_id: str) -> dict[str, Any]:
     return {"_op_type": "delete", "_index": index, "_id": doc_id}
 
@@ -483,7 +500,8 @@ def write_bulk(
     (429 queue full, 502/503/504, or no answer at all) are sent again, in at most
     ``max_retries`` more rounds with exponential back-off (``initial_backoff`` doubling up to
     ``max_backoff``); any other failure (a mapping error, say) is final. Nothing is dropped
-    silently: deleting a missing document (404) is the only non-2xx success.
+    silently: deleting or updating a missing document (404: deleted meanwhile) are the only
+    non-2xx successes.
     """
     pending = {_action_key(a): a for a in actions}
     failed: dict[tuple[str, str, str], BulkFailure] = {}
@@ -515,7 +533,7 @@ def write_bulk(
             status = info.get("status")
             # A request that got no answer (connection refused or reset) has no HTTP status.
             status = status if isinstance(status, int) else UNANSWERED
-            if ok or (op == "delete" and status == 404):
+            if ok or (op in ("delete", "update") and status == 404):
                 written += 1
                 failed.pop(key, None)
                 continue
@@ -897,6 +915,25 @@ class ClusterIndex(DocumentIndex):
         return self.backend.bulk(
             [index_action(self.name, d.id, to_source(d, FIELDS)) for d in docs]
         )
+
+    @reported
+    def set_tags(self, docs: Sequence[AssetDocument]) -> int:
+        if not docs or not self.exists():
+            return len(docs)
+        # A partial update merges objects: a tag the new map leaves out would stay. So every
+        # stored tag is named, a dropped one as null (which ``from_source`` reads as absent).
+        body = get_body([d.id for d in docs], ["tags"])
+        stored = {
+            h["_id"]: h["_source"].get("tags") or {} for h in self.backend.hits(self.name, body)
+        }
+        actions = []
+        for doc in docs:
+            if doc.id in stored:
+                fields = to_source(doc, TAG_UPDATE)
+                fields["tags"] = dict.fromkeys(stored[doc.id]) | fields["tags"]
+                actions.append(update_action(self.name, doc.id, fields))
+        self.backend.bulk(actions)
+        return len(docs)
 
     @reported
     def delete(self, ids: Sequence[str]) -> int:

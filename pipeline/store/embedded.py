@@ -55,6 +55,7 @@ from pipeline.document import (
     QUARANTINE_FIELDS,
     RUN_FIELDS,
     STATE_FIELDS,
+    TAG_FIELDS,
     AliasSwitch,
     AssetDocument,
     FieldSpec,
@@ -102,6 +103,8 @@ FIELDS = fields_for(ASSET_FIELDS, "embedded")
 VECTOR_KINDS = ("vector", "regions")
 DOCUMENT_COLUMNS = [f.name for f in FIELDS if f.stored and f.kind not in VECTOR_KINDS]
 """What a document is read from, without its (large) vectors."""
+TAG_UPDATE = [f for f in FIELDS if f.name in ("id", *TAG_FIELDS)]
+"""The columns a tag update writes: the key, then what scoring a tag changes."""
 REGION_BOXES = "region_boxes"
 """The column beside ``regions`` (one vector per region, a multivector column) that holds the
 regions' boxes in the same order."""
@@ -124,7 +127,7 @@ def arrow_schema(fields: Sequence[FieldSpec], dim: int | None = None) -> pa.Sche
 
 def to_row(record: BaseModel, fields: Sequence[FieldSpec]) -> dict[str, Any]:
     """One table row: the record's fields as the schema types them, plus the derived ones."""
-    values = record.model_dump()
+    values = record.model_dump(include={spec.name for spec in fields if spec.stored})
     row = {}
     for spec in fields:
         value = spec.derive(record) if spec.derive else values.get(spec.name)
@@ -448,6 +451,17 @@ class EmbeddedIndex(DocumentIndex):
                 written=len(good),
             )
         return len(good)
+
+    @reported
+    def set_tags(self, docs: Sequence[AssetDocument]) -> int:
+        if not docs or self.table is None:
+            return 0
+        # A merge of the id and tag columns only: LanceDB rewrites those columns of the matched
+        # rows and leaves the vectors' files alone; unmatched ids insert nothing.
+        schema = pa.schema([self._table.schema.field(f.name) for f in TAG_UPDATE])
+        rows = pa.Table.from_pylist([to_row(d, TAG_UPDATE) for d in docs], schema=schema)
+        self._table.merge_insert("id").when_matched_update_all().execute(rows)
+        return len(docs)
 
     @reported
     def delete(self, ids: Sequence[str]) -> int:
