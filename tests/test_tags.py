@@ -105,8 +105,14 @@ def test_train_cross_validates_and_writes_a_version(library: Library, home: Sett
 
 
 def test_apply_backfills_once_and_new_files_are_tagged_as_written(
-    library: Library, home: Settings, sample_manifest: Path, embedder, tmp_path: Path
+    library: Library,
+    home: Settings,
+    sample_manifest: Path,
+    embedder,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(tags, "WRITE_CHUNK", 10)  # tag writes between reads, and a last one
     judged = cat_judgements(library)
     tags.train("kitty", judged, library.index(), home)
     index = library.index()
