@@ -642,7 +642,7 @@ def main(argv: list[str] | None = None) -> None:
         type=int,
         default=None,
         help="Documents the apply timing grows the library to (default 10,000; 2,000 with "
-        "--quick; 0 skips it). With region vectors applying runs at ~10 docs/s here.",
+        "--quick; 0 skips it).",
     )
     args = parser.parse_args(argv)
     if args.quick:

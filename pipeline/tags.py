@@ -63,6 +63,8 @@ NAME = re.compile(TAG_NAME)
 MARKER = "classifier.json"
 # The regularisation strengths the inner cross-validation chooses from.
 C_GRID = np.logspace(-3, 2, 6)
+# Every tag model: classes weighted by their rarity (few yes among many no is the usual case).
+BALANCED: dict[str, Any] = {"class_weight": "balanced", "max_iter": 5000}
 # Documents per tag write of a backfill: each write is a store round trip (a LanceDB merge and
 # index update costs about 0.13 s whether it carries 128 or 2,000 documents), and a cluster's
 # read of the stored tags stays far below a search's 10,000-hit window.
@@ -204,38 +206,59 @@ def feature_matrix(
     return np.hstack(parts)
 
 
-def fit(
+def regularisation(
     docs: Sequence[AssetDocument],
     judges: np.ndarray,
     features: Features,
     per_class: int,
     seed: int,
-) -> Weights:
-    """A balanced logistic regression on standardised features, the scaling folded into the
-    weights. The regularisation is chosen by a 3-fold inner cross-validation on AUC when each
-    class has three judgements for it, else the default (C = 1)."""
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+) -> float:
+    """The logistic regression's C, chosen by a 3-fold cross-validation on AUC when each class
+    has three judgements for it, else the default (1). Chosen once, on all judgements, for the
+    fold models and the kept one alike. Why: the threshold is read from the fold models'
+    out-of-fold scores, and a model with another C puts its scores on another scale (when each
+    fold chose its own, a threshold chosen within FPR 0.05 let 0.90 of new documents through on
+    one vehicle task, docs/benchmarks.md section 7)."""
+    from sklearn.linear_model import LogisticRegressionCV
     from sklearn.model_selection import StratifiedKFold
+
+    if min(np.bincount(judges, minlength=2)) < 3:
+        return 1.0
+    vocab = vocabulary(docs, judges, per_class) if features != "embedding" else []
+    scaled = standardised(feature_matrix(docs, features, vocab))[0]
+    model = LogisticRegressionCV(
+        Cs=C_GRID,
+        cv=StratifiedKFold(3, shuffle=True, random_state=seed),
+        scoring="roc_auc",
+        l1_ratios=(0,),
+        use_legacy_attributes=False,
+        **BALANCED,
+    ).fit(scaled, judges)
+    return float(model.C_)
+
+
+def standardised(matrix: np.ndarray) -> tuple[np.ndarray, Any]:
+    """The features scaled to zero mean and unit variance, and the fitted scaler."""
     from sklearn.preprocessing import StandardScaler
 
-    vocab = vocabulary(docs, judges, per_class) if features != "embedding" else []
-    matrix = feature_matrix(docs, features, vocab)
     scaler = StandardScaler().fit(matrix)
-    scaled = scaler.transform(matrix)
-    common = {"class_weight": "balanced", "max_iter": 5000}
-    if min(np.bincount(judges, minlength=2)) >= 3:
-        inner = StratifiedKFold(3, shuffle=True, random_state=seed)
-        model: Any = LogisticRegressionCV(
-            Cs=C_GRID,
-            cv=inner,
-            scoring="roc_auc",
-            l1_ratios=(0,),
-            use_legacy_attributes=False,
-            **common,
-        )
-    else:
-        model = LogisticRegression(C=1.0, **common)
-    model.fit(scaled, judges)
+    return scaler.transform(matrix), scaler
+
+
+def fit(
+    docs: Sequence[AssetDocument],
+    judges: np.ndarray,
+    features: Features,
+    per_class: int,
+    c: float,
+) -> Weights:
+    """A balanced logistic regression with regularisation ``c`` on standardised features, the
+    scaling folded into the weights."""
+    from sklearn.linear_model import LogisticRegression
+
+    vocab = vocabulary(docs, judges, per_class) if features != "embedding" else []
+    scaled, scaler = standardised(feature_matrix(docs, features, vocab))
+    model = LogisticRegression(C=c, **BALANCED).fit(scaled, judges)
     coef = model.coef_[0] / scaler.scale_
     bias = float(model.intercept_[0] - np.dot(coef, scaler.mean_))
     return Weights(vocab, coef, bias)
@@ -346,10 +369,11 @@ def train(
     n_folds = min(folds, positives, negatives)
     out_of_fold = np.zeros(len(known))
     fold_auc, curves = [], []
+    c = regularisation(ordered, judges, features, labels_per_class, seed)
     splits = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(judges, judges)
     for train_rows, test_rows in splits:
         weights = fit(
-            [ordered[i] for i in train_rows], judges[train_rows], features, labels_per_class, seed
+            [ordered[i] for i in train_rows], judges[train_rows], features, labels_per_class, c
         )
         scores = weights.score([ordered[i] for i in test_rows], features)
         out_of_fold[test_rows] = scores
@@ -359,7 +383,7 @@ def train(
     threshold, recall, fpr_at = operating_point(judges, out_of_fold, max_fpr)
     fpr, tpr, _ = roc_curve(judges, out_of_fold)
     pooled = FoldCurve(fpr=fpr.tolist(), tpr=tpr.tolist())
-    weights = fit(ordered, judges, features, labels_per_class, seed)
+    weights = fit(ordered, judges, features, labels_per_class, c)
     version = (versions(name, settings) or [0])[-1] + 1
     classifier = TagClassifier(
         name=name,

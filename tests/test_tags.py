@@ -88,6 +88,14 @@ def test_train_cross_validates_and_writes_a_version(library: Library, home: Sett
     assert m.folds == 5 and len(m.fold_auc) == 5 and m.auc == pytest.approx(np.mean(m.fold_auc))
     assert m.auc >= 0.95 and m.fpr <= m.max_fpr == 0.05 and 0 < m.threshold <= 1
     assert tag.features == "both" and 0 < len(tag.vocabulary) <= 100
+    # The threshold read from the fold models' scores holds for the kept model: the two share
+    # one regularisation, so their scores share a scale (on its own judgements, the kept model
+    # lets through no more negatives than the tolerated rate, and no fewer positives).
+    index = library.index()
+    docs = index.get([j.asset_id for j in judged], with_embedding=True)
+    judges = np.array([j.judge for j in judged])
+    passed = done.weights.score([docs[j.asset_id] for j in judged], "both") >= m.threshold
+    assert passed[judges == 0].mean() <= m.max_fpr and passed[judges == 1].mean() >= m.recall
     assert {p.name for p in done.folder.iterdir()} == {
         "classifier.json",
         "weights.npz",
