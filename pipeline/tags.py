@@ -7,12 +7,13 @@ The features are what the index already holds for every asset, so a tag costs no
 * ``embedding``: the image embedding;
 * ``both``: the two side by side.
 
-A logistic regression (balanced class weights, its regularisation chosen by an inner
-cross-validation on AUC) is judged by stratified k-fold cross-validation: AUC per fold, with its
-spread, and the pooled out-of-fold ROC curve, on which the score threshold is read at the
-largest recall whose false-positive rate stays within ``max_fpr``. The classifier kept is then
-fitted on all judgements. Everything a fold learns (the label vocabulary, the scaling, the
-weights) comes from its training part only, so the figures are honest for unseen assets.
+A logistic regression (balanced class weights, its regularisation chosen once by a
+cross-validation on AUC over all judgements) is judged by stratified k-fold cross-validation:
+AUC per fold, with its spread, and the pooled out-of-fold ROC curve, on which the score
+threshold is read at the largest recall whose false-positive rate stays within ``max_fpr``. The
+classifier kept is then fitted on all judgements with the same regularisation, so its scores
+sit on the scale the threshold was read from. Everything else a fold learns (the label
+vocabulary, the scaling, the weights) comes from its training part only.
 
 Each training is a numbered version under ``<model_dir>/tags/<name>/<N>/``
 (``pipeline/registry.py``): ``classifier.json`` (:class:`TagClassifier`: the features, the
