@@ -207,13 +207,29 @@ def feature_matrix(
     return np.hstack(parts)
 
 
-def regularisation(
-    docs: Sequence[AssetDocument],
-    judges: np.ndarray,
-    features: Features,
-    per_class: int,
-    seed: int,
-) -> float:
+@dataclass
+class Design:
+    """What a logistic regression learns from: the label vocabulary, the feature matrix
+    standardised to zero mean and unit variance, and that scaling (folded into the weights)."""
+
+    vocabulary: list[str]
+    scaled: np.ndarray
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def of(
+        cls, docs: Sequence[AssetDocument], judges: np.ndarray, features: Features, per_class: int
+    ) -> Design:
+        from sklearn.preprocessing import StandardScaler
+
+        vocab = vocabulary(docs, judges, per_class) if features != "embedding" else []
+        matrix = feature_matrix(docs, features, vocab)
+        scaler = StandardScaler().fit(matrix)
+        return cls(vocab, scaler.transform(matrix), scaler.mean_, scaler.scale_)
+
+
+def regularisation(design: Design, judges: np.ndarray, seed: int) -> float:
     """The logistic regression's C, chosen by a 3-fold cross-validation on AUC when each class
     has three judgements for it, else the default (1). Chosen once, on all judgements, for the
     fold models and the kept one alike. Why: the threshold is read from the fold models'
@@ -225,8 +241,6 @@ def regularisation(
 
     if min(np.bincount(judges, minlength=2)) < 3:
         return 1.0
-    vocab = vocabulary(docs, judges, per_class) if features != "embedding" else []
-    scaled = standardised(feature_matrix(docs, features, vocab))[0]
     model = LogisticRegressionCV(
         Cs=C_GRID,
         cv=StratifiedKFold(3, shuffle=True, random_state=seed),
@@ -234,35 +248,19 @@ def regularisation(
         l1_ratios=(0,),
         use_legacy_attributes=False,
         **BALANCED,
-    ).fit(scaled, judges)
+    ).fit(design.scaled, judges)
     return float(model.C_)
 
 
-def standardised(matrix: np.ndarray) -> tuple[np.ndarray, Any]:
-    """The features scaled to zero mean and unit variance, and the fitted scaler."""
-    from sklearn.preprocessing import StandardScaler
-
-    scaler = StandardScaler().fit(matrix)
-    return scaler.transform(matrix), scaler
-
-
-def fit(
-    docs: Sequence[AssetDocument],
-    judges: np.ndarray,
-    features: Features,
-    per_class: int,
-    c: float,
-) -> Weights:
-    """A balanced logistic regression with regularisation ``c`` on standardised features, the
-    scaling folded into the weights."""
+def fit(design: Design, judges: np.ndarray, c: float) -> Weights:
+    """A balanced logistic regression with regularisation ``c``, the scaling folded into the
+    weights."""
     from sklearn.linear_model import LogisticRegression
 
-    vocab = vocabulary(docs, judges, per_class) if features != "embedding" else []
-    scaled, scaler = standardised(feature_matrix(docs, features, vocab))
-    model = LogisticRegression(C=c, **BALANCED).fit(scaled, judges)
-    coef = model.coef_[0] / scaler.scale_
-    bias = float(model.intercept_[0] - np.dot(coef, scaler.mean_))
-    return Weights(vocab, coef, bias)
+    model = LogisticRegression(C=c, **BALANCED).fit(design.scaled, judges)
+    coef = model.coef_[0] / design.scale
+    bias = float(model.intercept_[0] - np.dot(coef, design.mean))
+    return Weights(design.vocabulary, coef, bias)
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -370,12 +368,14 @@ def train(
     n_folds = min(folds, positives, negatives)
     out_of_fold = np.zeros(len(known))
     fold_auc, curves = [], []
-    c = regularisation(ordered, judges, features, labels_per_class, seed)
+    kept = Design.of(ordered, judges, features, labels_per_class)
+    c = regularisation(kept, judges, seed)
     splits = StratifiedKFold(n_folds, shuffle=True, random_state=seed).split(judges, judges)
     for train_rows, test_rows in splits:
-        weights = fit(
-            [ordered[i] for i in train_rows], judges[train_rows], features, labels_per_class, c
+        fold = Design.of(
+            [ordered[i] for i in train_rows], judges[train_rows], features, labels_per_class
         )
+        weights = fit(fold, judges[train_rows], c)
         scores = weights.score([ordered[i] for i in test_rows], features)
         out_of_fold[test_rows] = scores
         fold_auc.append(float(roc_auc_score(judges[test_rows], scores)))
@@ -384,7 +384,7 @@ def train(
     threshold, recall, fpr_at = operating_point(judges, out_of_fold, max_fpr)
     fpr, tpr, _ = roc_curve(judges, out_of_fold)
     pooled = FoldCurve(fpr=fpr.tolist(), tpr=tpr.tolist())
-    weights = fit(ordered, judges, features, labels_per_class, c)
+    weights = fit(kept, judges, c)
     version = (versions(name, settings) or [0])[-1] + 1
     classifier = TagClassifier(
         name=name,
