@@ -179,7 +179,7 @@ probes = APIRouter(tags=["operations"])
         415: _error("Neither JSON nor multipart, or the upload is not a decodable image."),
     },
 )
-async def search(request: Request, engine: EngineDep, settings: SettingsDep) -> SearchResult:
+async def search(request: Request, engine: EngineDep, settings: SettingsDep) -> Response:
     """Upload an image (`multipart/form-data`, field `image`) to find similar ones, or send
     JSON naming an indexed `asset_id` or a `vector`; either can add `text` (hybrid search),
     label filters with minimum confidences, metadata filters, `k`/`offset` pagination,
@@ -248,7 +248,7 @@ async def similar(
     asset_id: AssetIdPath,
     options: Annotated[FormFilters, Query()],
     engine: EngineDep,
-) -> SearchResult:
+) -> Response:
     """Assets similar to this one (itself left out), with the same filters as `POST /search`
     in query-string form: `labels_all=Cat:80`, `metadata=source=scikit-image`."""
     started = time.perf_counter()
@@ -587,7 +587,10 @@ def _result(
     kind: str,
     backend: Backend,
     started: float,
-) -> SearchResult:
+) -> Response:
+    """The page as JSON, encoded once by pydantic: returned as a model, FastAPI would dump,
+    validate and encode it again (0.6 ms of a 5 ms asset query; ``response_model`` still
+    documents it)."""
     hits = [
         SearchHit(
             rank=request.offset + i,
@@ -596,7 +599,7 @@ def _result(
         )
         for i, hit in enumerate(response.hits, 1)
     ]
-    return SearchResult(
+    result = SearchResult(
         hits=hits,
         total_candidates=response.total_candidates,
         k=request.k,
@@ -607,6 +610,7 @@ def _result(
         took_ms=round((time.perf_counter() - started) * 1000, 2),
         note=response.note,
     )
+    return Response(result.model_dump_json(), media_type="application/json")
 
 
 def _cache_headers(doc: AssetDocument, size: int | None = None) -> dict[str, str]:

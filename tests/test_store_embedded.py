@@ -221,3 +221,73 @@ def test_tables_of_lookalike_0_1_are_upgraded(tmp_path: Path) -> None:
         assert [r.run_id for r in library.runs.runs()] == ["r1"]
         [switch] = library.runs.switches()
         assert (switch.model, switch.previous, switch.trigger) == ("old@1", "older@1", "rollout")
+
+
+class CountingReader:
+    """The index's real async table, counting the queries it is asked to build."""
+
+    def __init__(self, table) -> None:
+        self.table = table
+        self.queries = 0
+
+    def query(self):
+        self.queries += 1
+        return self.table.query()
+
+    def __getattr__(self, name: str):
+        return getattr(self.table, name)
+
+
+def test_repeated_reads_come_from_the_cache_until_another_process_writes(tmp_path: Path) -> None:
+    """An API process keeps what its reads found for the table's current version, and a write
+    made through another connection (the CLI, Airflow) is seen by its very next read."""
+    settings = Settings(home=tmp_path)
+    vecs = unit(np.random.default_rng(5).random((4, DIM)))
+    with Library.open(settings) as api, Library.open(settings) as writer:
+        writer.index("test@1").upsert([make_doc(i, v) for i, v in enumerate(vecs)])
+        index = api.index("test@1")
+        reader = index._reader = CountingReader(index.reader)
+        searcher = Searcher(index)
+        first = searcher.similar("id00000", SearchRequest(k=3))
+        queries = reader.queries
+        again = searcher.similar("id00000", SearchRequest(k=3))
+        assert again.hits == first.hits
+        assert reader.queries == queries + 1, "only the ranking itself ran again"
+        assert index.get(["id00001"], with_embedding=True)["id00001"].embedding == pytest.approx(
+            vecs[1].tolist()
+        )
+
+        # A returned document is the caller's own copy.
+        index.get(["id00002"])["id00002"].labels.append(Label(name="Mine", confidence=1.0))
+        assert index.get(["id00002"])["id00002"].labels == []
+
+        changed = make_doc(2, vecs[2], [Label(name="Cat", confidence=90.0)])
+        writer.index("test@1").upsert([changed])
+        writer.index("test@1").delete(["id00003"])
+        assert index.get(["id00002"])["id00002"].labels == changed.labels
+        assert "id00003" not in index.get(["id00003"])
+        assert index.count() == 3
+        hits = searcher.similar("id00000", SearchRequest(k=3)).hits
+        assert [h.id for h in hits if h.document.labels] == ["id00002"]
+        assert "id00003" not in {h.id for h in hits}
+
+
+def test_reads_with_the_cache_off_or_with_region_vectors_read_the_table(tmp_path: Path) -> None:
+    from pipeline.document import Region
+
+    vecs = unit(np.random.default_rng(6).random((3, DIM)))
+    regions = [Region(box=(0, 0, 0.5, 0.5), embedding=v) for v in vecs[::-1]]
+    docs = [make_doc(i, v, regions=regions[:i]) for i, v in enumerate(vecs)]
+    for size in (0, 5_000):
+        with Library.open(Settings(home=tmp_path / str(size), read_cache_documents=size)) as lib:
+            index = lib.index("test@1")
+            index.upsert(docs)
+            reader = index._reader = CountingReader(index.reader)
+            for _ in range(2):
+                plain = index.get(["id00002"])["id00002"]
+                assert plain.regions == [] and plain.embedding is None
+                full = index.get(["id00002"], with_embedding=True, with_regions=True)["id00002"]
+                assert full.regions == regions[:2]
+                assert full.embedding == pytest.approx(vecs[2].tolist())
+            # Region reads always go to the table; plain ones only while nothing is cached.
+            assert reader.queries == (4 if size == 0 else 3)

@@ -25,6 +25,11 @@ Design notes (measured in ``../shared/notes/environment.md`` and ``benchmarks/``
   for its schema several times per query, each a round trip to that loop. With this and
   region-free reads (``get(..., with_regions=False)``) an asset query on the sample library
   fell from 14.4 to 9.4 ms in one process (section 8 of ``docs/benchmarks.md``).
+* Each LanceDB query costs about 3 ms however few rows it reads, and an API process reads the
+  same documents again and again, so reads keep what they found in a :class:`ReadCache` of the
+  table's current version (checked before every read, 0.3 ms): documents by id, counts by
+  filter, whether there is an ANN index. A vector or text ranking then reads only ids and
+  scores, and the page's documents come from the cache.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import logging
 import math
 import os
 import re
+import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -43,6 +49,7 @@ import lancedb
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+from cachetools import LRUCache
 from lancedb.background_loop import LOOP
 from lancedb.index import FTS, BTree, IvfSq, LabelList
 from lancedb.table import AsyncTable
@@ -109,6 +116,10 @@ REGION_BOXES = "region_boxes"
 """The column beside ``regions`` (one vector per region, a multivector column) that holds the
 regions' boxes in the same order."""
 REGION_COLUMNS = ["regions", REGION_BOXES]
+CACHED_COUNTS = 1_024
+"""Filters whose counts a :class:`ReadCache` keeps (an int each)."""
+Cached = tuple[dict[str, Any], np.ndarray | None]
+"""A document as the read cache keeps it: its fields without vectors, and its embedding."""
 
 
 def arrow_schema(fields: Sequence[FieldSpec], dim: int | None = None) -> pa.Schema:
@@ -310,6 +321,46 @@ class EmbeddedCatalogue(IndexCatalogue):
 # -- documents ----------------------------------------------------------------------------------
 
 
+class ReadCache:
+    """What reads of one version of a table found, to answer the same reads again without a
+    LanceDB query (see the module docstring).
+
+    Everything here belongs to ``version``: the index replaces the cache when a read finds a
+    newer version, and a read stores what it found only in the cache it started with. A read
+    never sees data older than the version it checked, so the cache serves nothing that a read
+    of the latest version would not. Documents are kept without their region vectors (150 kB
+    each; the reads that need them go to the table) and with their embedding as float32, not
+    as 1,280 Python floats (8 kB against 41 kB a document), as the fields a document is
+    validated from on every read (16 us; a caller may change its copy)."""
+
+    def __init__(self, version: int, documents: int) -> None:
+        self.version = version
+        self.documents: LRUCache[str, Cached] | None = LRUCache(documents) if documents else None
+        self.counts: LRUCache[str | None, int] = LRUCache(CACHED_COUNTS)
+        self.indexed: bool | None = None
+        self.lock = threading.Lock()  # the API reads from several threads
+
+    def lookup(self, ids: Sequence[str]) -> dict[str, Cached]:
+        if self.documents is None:
+            return {}
+        with self.lock:
+            return {i: self.documents[i] for i in ids if i in self.documents}
+
+    def keep(self, found: dict[str, Cached]) -> None:
+        if self.documents is not None:
+            with self.lock:
+                self.documents.update(found)
+
+    async def count(self, reader: AsyncTable, sql: str | None) -> int:
+        with self.lock:
+            rows = self.counts.get(sql)
+        if rows is None:
+            rows = await reader.count_rows(sql)
+            with self.lock:
+                self.counts[sql] = rows
+        return rows
+
+
 class EmbeddedIndex(DocumentIndex):
     """One model version's table (see the module docstring)."""
 
@@ -320,6 +371,7 @@ class EmbeddedIndex(DocumentIndex):
         self.name = table_name(self.settings.table, model_id)
         self._table: lancedb.table.Table | None = None
         self._reader: AsyncTable | None = None
+        self._cache: ReadCache | None = None
 
     @property
     @reported
@@ -343,6 +395,14 @@ class EmbeddedIndex(DocumentIndex):
         if self._reader is None and self.table is not None:
             self._reader = LOOP.run(self.backend.reads.open_table(self.name))
         return self._reader
+
+    def _current(self, reader: AsyncTable) -> ReadCache:
+        """The read cache of the table's latest version (a new, empty one after a write)."""
+        version = LOOP.run(reader.version())
+        cache = self._cache
+        if cache is None or cache.version != version:
+            cache = self._cache = ReadCache(version, self.settings.read_cache_documents)
+        return cache
 
     def _add_missing(self, table: lancedb.table.Table) -> None:
         """Tables written by an earlier version lack the columns of later fields (regions,
@@ -483,13 +543,35 @@ class EmbeddedIndex(DocumentIndex):
         reader = self.reader
         if not ids or reader is None:
             return {}
-        columns = [
-            *DOCUMENT_COLUMNS,
-            *(["embedding"] if with_embedding else []),
-            *(REGION_COLUMNS if with_regions else []),
-        ]
-        query = reader.query().where(_in_list("id", ids)).select(columns).limit(len(ids))
-        return {row["id"]: _document(row) for row in from_table(LOOP.run(query.to_arrow()))}
+        return self._get(reader, self._current(reader), ids, with_embedding, with_regions)
+
+    def _get(
+        self,
+        reader: AsyncTable,
+        cache: ReadCache,
+        ids: Sequence[str],
+        with_embedding: bool = False,
+        with_regions: bool = False,
+    ) -> dict[str, AssetDocument]:
+        # Region vectors are not cached: a read that wants them goes to the table.
+        found = {} if with_regions else cache.lookup(ids)
+        if missing := [i for i in dict.fromkeys(ids) if i not in found]:
+            columns = [*DOCUMENT_COLUMNS, "embedding", *(REGION_COLUMNS if with_regions else [])]
+            query = reader.query().where(_in_list("id", missing)).select(columns)
+            read = _documents(LOOP.run(query.limit(len(missing)).to_arrow()))
+            kept = {
+                i: ({k: v for k, v in d.items() if k != "regions"}, e) for i, (d, e) in read.items()
+            }
+            cache.keep(kept)
+            found |= read
+        # Validated from the kept fields each time: a caller changing its document (a shallow
+        # copy would share its labels) must not change the cache's.
+        return {
+            i: AssetDocument.model_validate(
+                values | {"embedding": e.tolist() if with_embedding and e is not None else None}
+            )
+            for i, (values, e) in found.items()
+        }
 
     @reported
     def states(self) -> dict[str, StoredState]:
@@ -502,7 +584,9 @@ class EmbeddedIndex(DocumentIndex):
     @reported
     def count(self, where: filters.Filter | None = None) -> int:
         reader = self.reader
-        return 0 if reader is None else LOOP.run(reader.count_rows(self.sql(where)))
+        if reader is None:
+            return 0
+        return LOOP.run(self._current(reader).count(reader, self.sql(where)))
 
     @reported
     def knn(
@@ -516,6 +600,7 @@ class EmbeddedIndex(DocumentIndex):
         reader = self.reader
         if reader is None:
             return Ranking([])
+        cache = self._current(reader)
         sql = self.sql(where)
         query_vector = np.asarray(vector, dtype=np.float32)
         # A multivector column ranks a row by its best vector (MaxSim of one query vector).
@@ -527,18 +612,20 @@ class EmbeddedIndex(DocumentIndex):
             .nearest_to(query_vector)
             .column(column)
             .distance_type("cosine")
-            .select([*(DOCUMENT_COLUMNS if documents else ["id"]), "_distance"])
+            .select(["id", "_distance"])
             .limit(k)
         )
         if sql:
             query = query.where(sql)  # a prefilter: k hits that pass, not k hits filtered
 
         async def search() -> list[dict[str, Any]]:
-            indexed = any(i.columns == ["embedding"] for i in await reader.list_indices())
-            if regions or not indexed:
+            if cache.indexed is None:
+                listed = await reader.list_indices()
+                cache.indexed = any(i.columns == ["embedding"] for i in listed)
+            if regions or not cache.indexed:
                 return await query.to_list()
-            rows = await reader.count_rows()
-            passing = await reader.count_rows(sql) if sql else rows
+            rows = await cache.count(reader, None)
+            passing = await cache.count(reader, sql) if sql else rows
             if passing <= self.settings.exact_search_max_rows:
                 return await query.bypass_vector_index().to_list()
             probes = max(
@@ -552,7 +639,8 @@ class EmbeddedIndex(DocumentIndex):
             return found
 
         found = LOOP.run(search())
-        return _ranking(found, lambda r: 1.0 - float(r["_distance"]), documents)
+        scored = [(r["id"], 1.0 - float(r["_distance"])) for r in found]
+        return self._ranking(reader, cache, scored, documents)
 
     @reported
     def bm25(
@@ -562,15 +650,30 @@ class EmbeddedIndex(DocumentIndex):
         query_text = lance_text(text)
         if reader is None or not query_text:
             return Ranking([])
+        cache = self._current(reader)
         query = (
             reader.query()
             .nearest_to_text(query_text, columns="text")
-            .select([*(DOCUMENT_COLUMNS if documents else ["id"]), "_score"])
+            .select(["id", "_score"])
             .limit(k)
         )
         if sql := self.sql(where):
             query = query.where(sql)  # a prefilter, as for knn
-        return _ranking(LOOP.run(query.to_list()), lambda r: float(r["_score"]), documents)
+        scored = [(r["id"], float(r["_score"])) for r in LOOP.run(query.to_list())]
+        return self._ranking(reader, cache, scored, documents)
+
+    def _ranking(
+        self,
+        reader: AsyncTable,
+        cache: ReadCache,
+        scored: list[tuple[str, float]],
+        documents: bool,
+    ) -> Ranking:
+        """Best first, ties by id (LanceDB orders ties arbitrarily); the documents, when asked
+        for, from the read cache or one read of those missing from it."""
+        scored.sort(key=lambda pair: (-pair[1], pair[0]))
+        documents_ = self._get(reader, cache, [i for i, _ in scored]) if documents else {}
+        return Ranking(scored, documents_)
 
     @reported
     def scan(self, where: filters.Filter | None, offset: int, limit: int) -> list[str]:
@@ -781,17 +884,16 @@ def _merge(table: Any, rows: pa.Table, key: str = "id") -> None:
     table.merge_insert(key).when_matched_update_all().when_not_matched_insert_all().execute(rows)
 
 
-def _document(row: dict[str, Any]) -> AssetDocument:
-    values = from_row(row, FIELDS)
-    if values.get("embedding") is not None:
-        values["embedding"] = list(values["embedding"])
-    return AssetDocument.model_validate(values)
-
-
-def _ranking(rows: list[dict[str, Any]], score: Any, documents: bool) -> Ranking:
-    """Best first, ties by id (LanceDB orders ties arbitrarily)."""
-    scored = sorted(((r["id"], score(r)) for r in rows), key=lambda pair: (-pair[1], pair[0]))
-    return Ranking(scored, {r["id"]: _document(r) for r in rows} if documents else {})
+def _documents(table: pa.Table) -> dict[str, Cached]:
+    """The documents' fields by id, each without its embedding and with it as float32 beside
+    it (views of the column's one buffer, no Python floats)."""
+    column = table.column("embedding").combine_chunks()
+    vectors = column.values.to_numpy().reshape(len(column), column.type.list_size)
+    missing = column.is_null().to_numpy(zero_copy_only=False)
+    return {
+        row["id"]: (from_row(row, FIELDS), None if missing[n] else vectors[n])
+        for n, row in enumerate(from_table(table.drop_columns(["embedding"])))
+    }
 
 
 def _quote(value: str) -> str:
