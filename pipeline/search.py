@@ -257,6 +257,10 @@ class Searcher:
             self.match_threshold = None
 
     def search(self, request: SearchRequest) -> SearchResponse:
+        with self.index.snapshot():
+            return self._search(request)
+
+    def _search(self, request: SearchRequest) -> SearchResponse:
         where = request.filter()
         total = self.index.count(where)
         if total == 0:
@@ -316,18 +320,19 @@ class Searcher:
     def similar(self, asset_id: str, request: SearchRequest) -> SearchResponse:
         """Search with an indexed asset's own embedding (and regions), leaving the asset out."""
         query_regions = ranks_query_regions(request)
-        found = self.index.get([asset_id], with_embedding=True, with_regions=query_regions)
-        doc = found.get(asset_id)
-        if doc is None or doc.embedding is None:
-            raise AssetNotFound(f"no indexed asset with id {asset_id!r}")
-        update = {
-            "vector": doc.embedding,
-            "query_regions": [QueryRegion(box=r.box, vector=r.embedding) for r in doc.regions]
-            if query_regions
-            else [],
-            "exclude_ids": [*request.exclude_ids, asset_id],
-        }
-        return self.search(request.model_copy(update=update))
+        with self.index.snapshot():
+            found = self.index.get([asset_id], with_embedding=True, with_regions=query_regions)
+            doc = found.get(asset_id)
+            if doc is None or doc.embedding is None:
+                raise AssetNotFound(f"no indexed asset with id {asset_id!r}")
+            update = {
+                "vector": doc.embedding,
+                "query_regions": [QueryRegion(box=r.box, vector=r.embedding) for r in doc.regions]
+                if query_regions
+                else [],
+                "exclude_ids": [*request.exclude_ids, asset_id],
+            }
+            return self.search(request.model_copy(update=update))
 
     def search_image(self, request: SearchRequest, query: ImageQuery) -> SearchResponse:
         """Search with an image's (or a part's) embedding and regions (``analyse_image``)."""

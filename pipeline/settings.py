@@ -120,6 +120,14 @@ class Settings(BaseSettings):
         "reads skip LanceDB's fixed cost per query (about 3 ms); any new version empties it. "
         "0 turns the cache off.",
     )
+    memory_search_max_rows: int = Field(
+        5_000,
+        ge=0,
+        description="A table with at most this many rows is ranked exactly in memory, from "
+        "its current version's embeddings (5 kB a row, read once per version), instead of by "
+        "a LanceDB query (about 3 ms however small the table; numpy ranks 5,000 rows in 1 ms). "
+        "0 always asks LanceDB.",
+    )
 
     # Search (every store)
     num_candidates: int = Field(

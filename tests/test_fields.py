@@ -46,9 +46,8 @@ from pipeline.store.cluster import (
 )
 from pipeline.store.embedded import FIELDS as TABLE_FIELDS
 from pipeline.store.embedded import (
-    _document,
+    _documents,
     arrow_schema,
-    from_table,
     table_name,
     to_row,
     to_table,
@@ -167,7 +166,10 @@ def test_region_vectors_round_trip_as_numpy_and_travel_as_json_lists() -> None:
     schema = arrow_schema(TABLE_FIELDS, dim=4)
     table = to_table([to_row(d, TABLE_FIELDS) for d in docs], schema)
     assert table.schema == schema and table.column("regions").to_pylist()[1] == []
-    back = [_document(row) for row in from_table(table)]
+    back = [
+        AssetDocument.model_validate(fields | {"embedding": vector.tolist()})
+        for fields, vector in _documents(table).values()
+    ]
     assert back[0].regions == regions and back[1].regions == []
     assert back[0].model_dump(exclude={"regions"}) == docs[0].model_dump(exclude={"regions"})
     source = json.loads(json.dumps(to_source(docs[0], FIELDS)))

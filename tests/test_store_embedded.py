@@ -92,7 +92,11 @@ def test_selective_filter_returns_k_hits_with_ann_index(tmp_path: Path) -> None:
     ]
     for exact_max in (50_000, 0):
         settings = Settings(
-            home=tmp_path, ann_min_rows=1000, exact_search_max_rows=exact_max, nprobes=1
+            home=tmp_path,
+            ann_min_rows=1000,
+            exact_search_max_rows=exact_max,
+            nprobes=1,
+            memory_search_max_rows=0,  # LanceDB's own search, not the in-memory one
         )
         with Library.open(settings) as library:
             index = library.index("t@1")
@@ -224,24 +228,34 @@ def test_tables_of_lookalike_0_1_are_upgraded(tmp_path: Path) -> None:
 
 
 class CountingReader:
-    """The index's real async table, counting the queries it is asked to build."""
+    """The index's real async table, counting the queries it is asked to build and the checks
+    for a newer version."""
 
     def __init__(self, table) -> None:
         self.table = table
         self.queries = 0
+        self.versions = 0
 
     def query(self):
         self.queries += 1
         return self.table.query()
 
+    def version(self):
+        self.versions += 1
+        return self.table.version()
+
     def __getattr__(self, name: str):
         return getattr(self.table, name)
 
 
-def test_repeated_reads_come_from_the_cache_until_another_process_writes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("in_memory", [5_000, 0])
+def test_repeated_reads_come_from_the_cache_until_another_process_writes(
+    tmp_path: Path, in_memory: int
+) -> None:
     """An API process keeps what its reads found for the table's current version, and a write
-    made through another connection (the CLI, Airflow) is seen by its very next read."""
-    settings = Settings(home=tmp_path)
+    made through another connection (the CLI, Airflow) is seen by its very next read. A small
+    table is ranked in memory, so a repeated asset query asks LanceDB nothing at all."""
+    settings = Settings(home=tmp_path, memory_search_max_rows=in_memory)
     vecs = unit(np.random.default_rng(5).random((4, DIM)))
     with Library.open(settings) as api, Library.open(settings) as writer:
         writer.index("test@1").upsert([make_doc(i, v) for i, v in enumerate(vecs)])
@@ -249,10 +263,12 @@ def test_repeated_reads_come_from_the_cache_until_another_process_writes(tmp_pat
         reader = index._reader = CountingReader(index.reader)
         searcher = Searcher(index)
         first = searcher.similar("id00000", SearchRequest(k=3))
-        queries = reader.queries
+        queries, versions = reader.queries, reader.versions
         again = searcher.similar("id00000", SearchRequest(k=3))
         assert again.hits == first.hits
-        assert reader.queries == queries + 1, "only the ranking itself ran again"
+        assert reader.versions == versions + 1, "one search, one version check"
+        ranking = 0 if in_memory else 1
+        assert reader.queries == queries + ranking, "only the ranking itself ran again, if that"
         assert index.get(["id00001"], with_embedding=True)["id00001"].embedding == pytest.approx(
             vecs[1].tolist()
         )
@@ -291,3 +307,57 @@ def test_reads_with_the_cache_off_or_with_region_vectors_read_the_table(tmp_path
                 assert full.embedding == pytest.approx(vecs[2].tolist())
             # Region reads always go to the table; plain ones only while nothing is cached.
             assert reader.queries == (4 if size == 0 else 3)
+
+
+def test_a_small_table_ranked_in_memory_answers_as_lancedb_does(tmp_path: Path) -> None:
+    """The same requests on the same table, ranked in memory and by LanceDB's exact search:
+    the same hits, order (ties by id), scores, totals and pages, under label, tag, metadata and
+    id filters, hybrid text included; and a table above the limit is not read into memory."""
+    rng = np.random.default_rng(11)
+    vecs = unit(rng.normal(size=(300, DIM)))
+    vecs[7] = vecs[3]  # a tie
+    docs = [
+        make_doc(
+            i,
+            v,
+            [Label(name="Cat" if i % 3 else "Dog", confidence=float(50 + i % 50))],
+            title=f"photo {i} {'red' if i % 4 == 0 else 'blue'}",
+            metadata={"camera": "a" if i % 5 else "b"},
+        )
+        for i, v in enumerate(vecs)
+    ]
+    requests = [
+        SearchRequest(k=10),
+        SearchRequest(k=10, offset=7, exclude_ids=["id00003", "id00010", "id00012"]),
+        SearchRequest(k=20, labels_all=[LabelFilter(name="Cat", min_confidence=80.5)]),
+        SearchRequest(k=5, labels_any=[LabelFilter(name="Dog")], metadata={"camera": ["b"]}),
+        SearchRequest(k=10, text="red", labels_all=[LabelFilter(name="Cat")]),
+        SearchRequest(k=10, labels_all=[LabelFilter(name="Nobody")]),
+    ]
+    answers = []
+    for rows in (5_000, 0, 299):
+        settings = Settings(home=tmp_path / str(rows), memory_search_max_rows=rows)
+        with Library.open(settings) as library:
+            index = library.index("test@1")
+            index.upsert(docs)
+            searcher = Searcher(index, settings)
+            answers.append(
+                [
+                    searcher.similar(f"id{q:05d}", request).model_dump()
+                    for q in (3, 42, 299)
+                    for request in requests
+                ]
+            )
+            assert (index._cache.memory is not None) == (rows == 5_000)
+    for memory, lance, over in zip(*answers, strict=True):
+        for got in (memory, over):
+            assert [h["id"] for h in got["hits"]] == [h["id"] for h in lance["hits"]]
+            assert [h["score"] for h in got["hits"]] == pytest.approx(
+                [h["score"] for h in lance["hits"]], abs=1e-6
+            )
+            assert (got["total_candidates"], got["more"]) == (
+                lance["total_candidates"],
+                lance["more"],
+            )
+    twin = answers[0][0]["hits"][0]  # id00003's twin, the asset itself left out
+    assert twin["id"] == "id00007" and twin["score"] == pytest.approx(1.0, abs=1e-6)

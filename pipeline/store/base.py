@@ -21,7 +21,8 @@ request refused) is a ``StoreError``; documents refused for good by the index ar
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -183,6 +184,14 @@ class DocumentIndex(ABC):
         """Delete documents by id (missing ones are fine); return how many ids were given."""
 
     # -- reads -------------------------------------------------------------------------------
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """The reads made in this block, in this thread, are one search: a store that checks
+        for a newer version before each read (the embedded one) checks once, so that a search's
+        count, ranking and documents all come from the same version and the check is paid once.
+        Nothing to do where the server keeps reads consistent (the clusters)."""
+        yield
 
     @abstractmethod
     def get(
