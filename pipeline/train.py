@@ -37,12 +37,12 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 from pydantic import BaseModel, Field
 
-from pipeline.backbones import REGISTRY, get_spec, trained
+from pipeline.backbones import REGISTRY, get_spec, trained, trained_spec
 from pipeline.backbones.trained import Head, TrainedModel
 from pipeline.decode import DecodePool, read_file
 from pipeline.discover import IMAGE_EXTENSIONS, read_manifest
 from pipeline.document import QuarantinedItem
-from pipeline.embed import Embedder, get_embedder
+from pipeline.embed import Embedder, get_embedder, model_path, onnx_path
 from pipeline.rollout import mean_average_precision
 from pipeline.search import image_vector
 from pipeline.settings import Settings, get_settings
@@ -598,8 +598,11 @@ def train(
         gallery={"embeddings": project(originals, head), "labels": original_labels},
         validation=[(paths[i], items[i][1]) for i in held_images],
     )
-    # a converted model cached under this id by an earlier, deleted version is stale
-    (settings.model_dir / f"{name}-v{version}.keras").unlink(missing_ok=True)
+    # models converted under this id from an earlier, deleted version are stale (Keras and
+    # ONNX alike: a stale ONNX file would embed with the old head)
+    spec = trained_spec(record, settings.model_dir)
+    for cached in (model_path(spec, settings.model_dir), onnx_path(spec, settings.model_dir)):
+        cached.unlink(missing_ok=True)
     return TrainReport(model=record, quarantined=quarantined)
 
 

@@ -235,3 +235,18 @@ def test_self_supervised_training_needs_no_labels(classes: Path, home: Settings)
     assert model.metrics["after"]["P@1"] > 0.5, model.metrics["after"]
     with pytest.raises(TrainingError, match="augmented views"):
         train(classes, config.model_copy(update={"views": 0, "name": "x"}), settings=home)
+
+
+def test_a_new_version_never_embeds_with_a_deleted_versions_conversion(
+    classes: Path, home: Settings
+) -> None:
+    """Converted models are cached by model id; a version trained where a deleted one was must
+    not load the old Keras or ONNX file (the old head's vectors)."""
+    stale = [
+        home.model_dir / f"mobilenet_v2-arcface-reused-v1.{kind}" for kind in ("keras", "onnx")
+    ]
+    for path in stale:
+        path.write_bytes(b"the deleted version's conversion")
+    report = train(classes, TrainConfig(name="reused", **TINY), settings=home)
+    assert report.model.model_id == "mobilenet_v2-arcface-reused@1"
+    assert not any(path.exists() for path in stale)
