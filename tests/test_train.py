@@ -5,8 +5,10 @@ message with nothing half-written left in the registry."""
 
 from __future__ import annotations
 
+import csv
 import os
 import random
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +17,9 @@ import pytest
 from PIL import Image, ImageEnhance, ImageOps
 from typer.testing import CliRunner
 
+from benchmarks import general, sources
+from benchmarks.datasets import CategoryConfig
+from benchmarks.families import FamilyConfig
 from lookalike_cli import app
 from pipeline.backbones import get_spec, trained
 from pipeline.embed import get_embedder, model_path
@@ -235,6 +240,39 @@ def test_self_supervised_training_needs_no_labels(classes: Path, home: Settings)
     assert model.metrics["after"]["P@1"] > 0.5, model.metrics["after"]
     with pytest.raises(TrainingError, match="augmented views"):
         train(classes, config.model_copy(update={"views": 0, "name": "x"}), settings=home)
+
+
+def test_the_general_model_trains_from_the_image_families(home: Settings, tmp_path: Path) -> None:
+    """``scripts/train_general.sh`` on tiny families: one manifest of ``<family>/<class>``
+    identities built from the installed packages (single-image identities left out), trained
+    as ``lookalike train`` trains it, into a version that loads by its name."""
+    if not (sources.FONT_PACKAGES["fonts-dejavu-core"] / "DejaVuSans.ttf").is_file():
+        pytest.skip("needs the Debian package fonts-dejavu-core (installed by .ci/run)")
+    out = tmp_path / "general"
+    per_family = general.write_manifest(
+        out,
+        tmp_path / "bench",
+        FamilyConfig(max_classes=4, max_per_class=4, min_fonts=2),
+        CategoryConfig(max_stamps=12),
+    )
+    rows = list(csv.DictReader((out / general.MANIFEST).open()))
+    identities = Counter(row[general.LABEL_COLUMN] for row in rows)
+    assert min(identities.values()) >= 2
+    assert {label.partition("/")[0] for label in identities} == set(per_family)
+    assert "fonts" in per_family and all(Path(row["path"]).is_file() for row in rows)
+    config = TrainConfig(name="general", mirror=False, **TINY)
+    report = train(
+        out,
+        config,
+        manifest=out / general.MANIFEST,
+        label_column=general.LABEL_COLUMN,
+        settings=home,
+    )
+    model = report.model
+    assert model.model_id == "mobilenet_v2-arcface-general@1"
+    assert model.data["classes"] == len(identities) and model.data["images"] == len(rows)
+    assert model.metrics["loss"]["last"] < model.metrics["loss"]["first"]
+    assert get_spec("mobilenet_v2-arcface-general").dim == TINY["dim"]
 
 
 def test_a_new_version_never_embeds_with_a_deleted_versions_conversion(

@@ -166,7 +166,10 @@ def get_spec(name: str, model_dir: Path | None = None) -> ModelSpec:
         record = trained.find(base_name, model_dir, int(version) if version else None)
     if record is None:
         known = ", ".join([*sorted(REGISTRY), *(m.model_id for m in trained.all_models(model_dir))])
-        raise ValueError(f"unknown model {name!r}; known models: {known}")
+        raise ValueError(
+            f"unknown model {name!r}; known models: {known} (`lookalike train` makes more; "
+            "`bash scripts/train_general.sh` makes mobilenet_v2-arcface-general)"
+        )
     return trained_spec(record, model_dir)
 
 
