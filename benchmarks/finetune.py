@@ -1,6 +1,7 @@
 """Fine-tuning on identities never seen in training: what ``lookalike train``'s head buys.
 
     python -m benchmarks.finetune            # three families, a general head, t-SNE plot (~6 min)
+    python -m benchmarks.finetune --sweep    # head settings compared on calibration classes
 
 Families (``benchmarks/families.py``, ``benchmarks/datasets.py``): **fonts** (a character drawn
 by many fonts is one identity), **icons** (an icon name drawn by several Debian themes) and
@@ -96,6 +97,12 @@ class Family:
             "test": len(test),
         }
 
+    def fit(self, config: TrainConfig) -> tuple[dict[str, np.ndarray], list[float]]:
+        """A head trained on this family's training classes (its weights, its losses)."""
+        ids = {c: n for n, c in enumerate(sorted(set(self.labels[self.train].tolist())))}
+        classes = np.array([ids[c] for c in self.labels[self.train]])
+        return fit_head(self.features.vectors[self.train], classes, config)
+
     def judge(self, vectors: np.ndarray, config: TrainConfig) -> dict[str, Any]:
         """Test-class figures of ``vectors`` (one per feature row)."""
         threshold = calibrate(
@@ -157,22 +164,91 @@ def tsne_plot(family: Family, before: np.ndarray, after: np.ndarray, path: Path)
     plt.close(figure)
 
 
+# Head settings compared by ``--sweep``, each a change to TrainConfig's defaults.
+SWEEP: dict[str, dict[str, Any]] = {
+    "defaults (margin 0.2, scale 16)": {},
+    "scale 24 (the default before)": {"scale": 24.0},
+    "margin 0.3": {"margin": 0.3},
+    "margin 0.4": {"margin": 0.4},
+    "dim 512": {"dim": 512},
+    "anchor 0.001": {"anchor": 0.001},
+    "anchor 0.03": {"anchor": 0.03},
+    "epochs 80": {"epochs": 80},
+    "triplet head": {"head": "triplet"},
+}
+
+
+def general_head(families: list[Family], config: TrainConfig) -> dict[str, np.ndarray]:
+    """One head for all: every family's training classes, as distinct identities."""
+    stacked = np.concatenate([f.features.vectors[f.train] for f in families])
+    names = np.concatenate([np.char.add(f"{f.name}/", f.labels[f.train]) for f in families])
+    ids = {c: n for n, c in enumerate(sorted(set(names.tolist())))}
+    return fit_head(stacked, np.array([ids[c] for c in names]), config)[0]
+
+
+def sweep(
+    families: list[Family], config: TrainConfig, root: Path, embedder: Embedder
+) -> dict[str, dict[str, Any]]:
+    """For every setting of :data:`SWEEP`: P@1 and mAP of each family's own head on its
+    **calibration** classes (so the test classes stay unseen by the choice as well as by
+    training), and near-duplicate copies R@1 through the general head (what a setting costs
+    copy detection)."""
+    found: dict[str, dict[str, Any]] = {}
+    for name, change in SWEEP.items():
+        changed = config.model_copy(update=change)
+        found[name] = {}
+        for family in families:
+            head, _ = family.fit(changed)
+            vectors = project(family.features.vectors[family.calibration], head)
+            labels = family.labels[family.calibration]
+            found[name][family.name] = {
+                "P@1": precision_at_1(vectors, labels),
+                "mAP": mean_average_precision(vectors, labels),
+            }
+        found[name]["near_dup_copies_R@1"] = near_dup_copies(
+            root, embedder, general_head(families, changed)
+        )
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = base_parser(__doc__.splitlines()[0])
     parser.add_argument("--plot", type=Path, default=PLOT, help="Where the t-SNE PNG goes.")
+    parser.add_argument(
+        "--sweep",
+        action="store_true",
+        help="Only compare head settings: calibration classes, near-dup copies (~5 min).",
+    )
     args = parser.parse_args(argv)
     root = data_dir(args.data_dir)
     embedder = get_embedder("mobilenet_v2-imagenet")
     config = TrainConfig(name="benchmark", seed=args.seed)
     families = [Family(name, root, embedder, config) for name in FAMILIES]
+    if args.sweep:
+        found = sweep(families, config, root, embedder)
+        print_table(
+            "head settings on the calibration classes (P@1 / mAP)",
+            ["setting", *FAMILIES, "mean", "near-dup copies R@1 (general head)"],
+            [
+                [
+                    name,
+                    *(f"{f[n]['P@1']:.3f} / {f[n]['mAP']:.3f}" for n in FAMILIES),
+                    f"{np.mean([f[n]['P@1'] for n in FAMILIES]):.3f} / "
+                    f"{np.mean([f[n]['mAP'] for n in FAMILIES]):.3f}",
+                    f["near_dup_copies_R@1"],
+                ]
+                for name, f in found.items()
+            ],
+        )
+        write_results(
+            "finetune_sweep", {"config": config.model_dump(), "sweep": found}, args.results
+        )
+        return
     results: dict[str, Any] = {"config": config.model_dump(), "families": {}}
     heads = {}
     for family in families:
         rows = family.features.vectors
-        ids = {c: n for n, c in enumerate(sorted(set(family.labels[family.train].tolist())))}
-        head, losses = fit_head(
-            rows[family.train], np.array([ids[c] for c in family.labels[family.train]]), config
-        )
+        head, losses = family.fit(config)
         heads[family.name] = head
         results["families"][family.name] = {
             "classes": family.classes,
@@ -181,11 +257,7 @@ def main(argv: list[str] | None = None) -> None:
             "before": family.judge(rows, config),
             "after": family.judge(project(rows, head), config),
         }
-    # One head for all: every family's training classes, as distinct identities.
-    stacked = np.concatenate([f.features.vectors[f.train] for f in families])
-    names = np.concatenate([np.char.add(f"{f.name}/", f.labels[f.train]) for f in families])
-    ids = {c: n for n, c in enumerate(sorted(set(names.tolist())))}
-    general, _ = fit_head(stacked, np.array([ids[c] for c in names]), config)
+    general = general_head(families, config)
     for family in families:
         results["families"][family.name]["general"] = family.judge(
             project(family.features.vectors, general), config
