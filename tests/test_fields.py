@@ -44,12 +44,12 @@ from pipeline.store.cluster import (
     query,
     to_source,
 )
-from pipeline.store.embedded import FIELDS as TABLE_FIELDS
 from pipeline.store.embedded import (
     _documents,
     arrow_schema,
+    asset_row,
+    asset_schema,
     table_name,
-    to_row,
     to_table,
 )
 
@@ -163,8 +163,8 @@ def test_region_vectors_round_trip_as_numpy_and_travel_as_json_lists() -> None:
     regions = [Region(box=(0.25 * i, 0, 0.5, 0.5), embedding=rng.random(4)) for i in range(3)]
     docs = [_doc("a", np.full(4, 0.5), regions=regions), _doc("b", np.full(4, 0.25))]
     assert docs[0].regions[1].embedding.dtype == np.float32
-    schema = arrow_schema(TABLE_FIELDS, dim=4)
-    table = to_table([to_row(d, TABLE_FIELDS) for d in docs], schema)
+    schema = asset_schema(dim=4)
+    table = to_table([asset_row(d) for d in docs], schema)
     assert table.schema == schema and table.column("regions").to_pylist()[1] == []
     back = [
         AssetDocument.model_validate(fields | {"embedding": vector.tolist()})

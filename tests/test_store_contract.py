@@ -35,7 +35,7 @@ from pipeline.settings import Settings
 from pipeline.store.base import BulkWriteError, DocumentIndex
 from pipeline.store.cluster import FIELDS as CLUSTER_FIELDS
 from pipeline.store.cluster import create_body, log_templates, plain_body, runs_index, to_source
-from pipeline.store.embedded import FIELDS, arrow_schema, to_row
+from pipeline.store.embedded import FIELDS, arrow_schema, asset_schema, to_row
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ["embedded", "opensearch", "elasticsearch"]
@@ -145,7 +145,7 @@ def test_the_index_is_created_from_the_mappings_folder(library: Store, kind: str
     """The files in mappings/ are what the stores create (generated from the field table)."""
     if kind == "embedded":
         schema = library.index.table.schema.remove_metadata()
-        assert schema == arrow_schema(FIELDS, embedder.spec.dim)
+        assert schema == asset_schema(embedder.spec.dim)
         return
     template = json.loads((REPO / "mappings" / f"{kind}-template-assets.json").read_text())
     expected = template["template"]["mappings"]
@@ -719,6 +719,8 @@ def test_an_index_from_before_regions_and_tags_takes_documents_with_them(
         index.optimize()
         got = index.get([old.id, new.id], with_embedding=True, with_regions=True)
         assert got[old.id].regions == [] and len(got[new.id].regions) == 29
+        kept = set(AssetDocument.model_fields) - {*later, "embedding"}
+        assert got[old.id].model_dump(include=kept) == old.model_dump(include=kept)
         assert got[old.id].tags == {} and got[new.id].tags == tagged.tags
         unscored = filters.Not(filters.Term("tag_versions", ("kitty@1",)))
         assert index.scan(unscored, 0, 10) == [old.id]

@@ -19,6 +19,7 @@ from pipeline.document import AssetDocument, Label
 from pipeline.library import Library
 from pipeline.search import LabelFilter, Searcher, SearchRequest
 from pipeline.settings import Settings
+from pipeline.store.embedded import LOOP
 
 DIM = 16
 
@@ -361,3 +362,30 @@ def test_a_small_table_ranked_in_memory_answers_as_lancedb_does(tmp_path: Path) 
             )
     twin = answers[0][0]["hits"][0]  # id00003's twin, the asset itself left out
     assert twin["id"] == "id00007" and twin["score"] == pytest.approx(1.0, abs=1e-6)
+
+
+def test_a_rankings_documents_are_taken_by_row_id_and_a_stale_row_id_reads_by_id(
+    tmp_path: Path,
+) -> None:
+    """LanceDB's own ranking returns row ids, and the page's documents are taken by them (one
+    JSON column, no id lookup). A row id of an older version (the row was rewritten since)
+    takes nothing, so that document is read by its id: never a stale or a wrong document."""
+    settings = Settings(home=tmp_path, memory_search_max_rows=0, read_cache_documents=0)
+    vecs = unit(np.random.default_rng(8).random((6, DIM)))
+    labels = [Label(name="Cat", confidence=91.5, parents=["Animal"])]
+    docs = [make_doc(i, v, labels, title=f"photo {i}") for i, v in enumerate(vecs)]
+    with Library.open(settings) as library:
+        index = library.index("test@1")
+        index.upsert(docs)
+        ranking = index.knn(vecs[0].tolist(), None, 3, documents=True)
+        assert ranking.documents == index.get([i for i, _ in ranking.scored])
+        assert ranking.documents["id00000"] == docs[0].model_copy(update={"embedding": None})
+        reader = index.reader
+        old_rows = {
+            r["id"]: r["_rowid"]
+            for r in LOOP.run(reader.query().select(["id"]).with_row_id().to_list())
+        }
+        index.upsert([docs[1].model_copy(update={"title": "changed"})])
+        got = index._get(reader, index._current(reader), ["id00001", "id00002"], row_ids=old_rows)
+        assert got["id00001"].title == "changed"
+        assert got["id00002"] == docs[2].model_copy(update={"embedding": None})

@@ -25,6 +25,12 @@ Design notes (measured in ``../shared/notes/environment.md`` and ``benchmarks/``
   for its schema several times per query, each a round trip to that loop. With this and
   region-free reads (``get(..., with_regions=False)``) an asset query on the sample library
   fell from 14.4 to 9.4 ms in one process (section 8 of ``docs/benchmarks.md``).
+* A document is read from one JSON column (``document_json``, like OpenSearch's ``_source``)
+  plus the tag columns ``set_tags`` rewrites, not from its 18 field columns: LanceDB reads each
+  column of scattered rows separately, and at 1M rows the 11 documents of a page took 31 ms
+  from the columns against 2.3 ms from one column (section 3 of ``docs/benchmarks.md``). The
+  field columns stay for filters, indexes and counts. A ranking returns row ids, and its
+  page's documents are taken by row id, skipping the id lookup.
 * Each LanceDB query costs about 3 ms however few rows it reads, and an API process reads the
   same documents again and again, so reads keep what they found in a :class:`ReadCache` of the
   table's current version (checked once a search, 0.25 ms): documents by id, counts by
@@ -117,14 +123,20 @@ ARROW_TYPES: dict[str, pa.DataType] = {
 }
 FIELDS = fields_for(ASSET_FIELDS, "embedded")
 VECTOR_KINDS = ("vector", "regions")
-DOCUMENT_COLUMNS = [f.name for f in FIELDS if f.stored and f.kind not in VECTOR_KINDS]
-"""What a document is read from, without its (large) vectors."""
 TAG_UPDATE = [f for f in FIELDS if f.name in ("id", *TAG_FIELDS)]
 """The columns a tag update writes: the key, then what scoring a tag changes."""
 REGION_BOXES = "region_boxes"
 """The column beside ``regions`` (one vector per region, a multivector column) that holds the
 regions' boxes in the same order."""
 REGION_COLUMNS = ["regions", REGION_BOXES]
+SOURCE = "document_json"
+"""The column a document is read from: its stored fields as JSON, less the vectors and the
+tags (those ``set_tags`` rewrites stay in their columns and are read from them)."""
+SOURCE_FIELDS = {
+    f.name for f in FIELDS if f.stored and f.kind not in VECTOR_KINDS and f.name != "id"
+} - set(TAG_FIELDS)
+READ_COLUMNS = ["id", SOURCE, *TAG_FIELDS]
+"""What a document is read from, without its vectors."""
 CACHED_FILTERS = 1_024
 """Filters whose counts (an int each) and, for a table in memory, whose passing rows (a bit
 each) a :class:`ReadCache` keeps."""
@@ -146,6 +158,11 @@ def arrow_schema(fields: Sequence[FieldSpec], dim: int | None = None) -> pa.Sche
     return pa.schema(columns)
 
 
+def asset_schema(dim: int) -> pa.Schema:
+    """The Arrow schema of an asset table: its fields' columns and :data:`SOURCE`."""
+    return arrow_schema(FIELDS, dim).append(pa.field(SOURCE, pa.string()))
+
+
 def to_row(record: BaseModel, fields: Sequence[FieldSpec]) -> dict[str, Any]:
     """One table row: the record's fields as the schema types them, plus the derived ones."""
     values = record.model_dump(include={spec.name for spec in fields if spec.stored})
@@ -161,6 +178,16 @@ def to_row(record: BaseModel, fields: Sequence[FieldSpec]) -> dict[str, Any]:
             value = [region["embedding"] for region in value]
         row[spec.name] = value
     return row
+
+
+def source(doc: AssetDocument) -> str:
+    """The document's :data:`SOURCE` column."""
+    return json.dumps(doc.model_dump(mode="json", include=SOURCE_FIELDS))
+
+
+def asset_row(doc: AssetDocument) -> dict[str, Any]:
+    """One row of an asset table (:func:`asset_schema`)."""
+    return to_row(doc, FIELDS) | {SOURCE: source(doc)}
 
 
 def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
@@ -459,6 +486,8 @@ class EmbeddedIndex(DocumentIndex):
                 if legacy:
                     self._migrate(self._table)
                 self._add_missing(self._table)
+                if SOURCE not in self._table.schema.names:
+                    self._add_source(self._table)
                 if legacy:
                     self.optimize()
         return self._table
@@ -508,6 +537,24 @@ class EmbeddedIndex(DocumentIndex):
             log.warning("adding the columns %s to the table %s", added, self.name)
             table.add_columns(list(arrow_schema(missing, dim)))
 
+    def _add_source(self, table: lancedb.table.Table) -> None:
+        """Tables written before documents were read from :data:`SOURCE` lack it: write it
+        from the field columns, once (the read path then has one layout to read)."""
+        log.warning("writing the %s column of the table %s", SOURCE, self.name)
+        columns = [f.name for f in FIELDS if f.name == "id" or f.name in SOURCE_FIELDS]
+        rows = from_table(table.search().select(columns).limit(None).to_arrow())
+        table.add_columns([pa.field(SOURCE, pa.string())])
+        schema = pa.schema([table.schema.field("id"), table.schema.field(SOURCE)])
+        for start in range(0, len(rows), 10_000):
+            chunk = rows[start : start + 10_000]
+            written = [
+                {"id": r["id"], SOURCE: source(AssetDocument.model_validate(from_row(r, FIELDS)))}
+                for r in chunk
+            ]
+            table.merge_insert("id").when_matched_update_all().execute(
+                pa.Table.from_pylist(written, schema=schema)
+            )
+
     def _migrate(self, table: lancedb.table.Table) -> None:
         """Tables written by Lookalike 0.1 name two columns differently and have a full-text
         index without positions (phrases failed): rename, and drop the indexes (the caller builds
@@ -527,7 +574,7 @@ class EmbeddedIndex(DocumentIndex):
     @reported
     def ensure(self, dim: int) -> None:
         if self.table is None:
-            schema = arrow_schema(FIELDS, dim).with_metadata({"model_id": self.model_id})
+            schema = asset_schema(dim).with_metadata({"model_id": self.model_id})
             self._table = self.backend.db.create_table(self.name, schema=schema, exist_ok=True)
         existing = self._table.schema.field("embedding").type.list_size
         if existing != dim:
@@ -585,7 +632,7 @@ class EmbeddedIndex(DocumentIndex):
         dim = self._table.schema.field("embedding").type.list_size
         good = [d for d in docs if len(d.embedding or ()) == dim]
         if good:
-            rows = [to_row(d, FIELDS) for d in good]
+            rows = [asset_row(d) for d in good]
             _merge(self._table, to_table(rows, self._table.schema))
         if len(good) < len(docs):  # refused per document, as a cluster's mapping does
             raise BulkWriteError(
@@ -644,13 +691,22 @@ class EmbeddedIndex(DocumentIndex):
         ids: Sequence[str],
         with_embedding: bool = False,
         with_regions: bool = False,
+        row_ids: dict[str, int] | None = None,
     ) -> dict[str, AssetDocument]:
+        """The documents by id; ``row_ids`` (a ranking's, of the cache's version) lets them be
+        taken by row id, without the id lookup (about 10 ms at 1M rows)."""
         # Region vectors are not cached: a read that wants them goes to the table.
         found = {} if with_regions else cache.lookup(ids)
         if missing := [i for i in dict.fromkeys(ids) if i not in found]:
-            columns = [*DOCUMENT_COLUMNS, "embedding", *(REGION_COLUMNS if with_regions else [])]
-            query = reader.query().where(_in_list("id", missing)).select(columns)
-            read = _documents(LOOP.run(query.limit(len(missing)).to_arrow()))
+            columns = [*READ_COLUMNS, "embedding", *(REGION_COLUMNS if with_regions else [])]
+            read: dict[str, Cached] = {}
+            if row_ids and all(i in row_ids for i in missing):
+                taken = reader.take_row_ids([row_ids[i] for i in missing]).select(columns)
+                read = _documents(LOOP.run(taken.to_arrow()))
+                read = {i: read[i] for i in missing if i in read}  # a row id of another version
+            if rest := [i for i in missing if i not in read]:
+                query = reader.query().where(_in_list("id", rest)).select(columns)
+                read |= _documents(LOOP.run(query.limit(len(rest)).to_arrow()))
             kept = {
                 i: ({k: v for k, v in d.items() if k != "regions"}, e) for i, (d, e) in read.items()
             }
@@ -729,6 +785,7 @@ class EmbeddedIndex(DocumentIndex):
             .column(column)
             .distance_type("cosine")
             .select(["id", "_distance"])
+            .with_row_id()
             .limit(k)
         )
         if sql:
@@ -756,7 +813,7 @@ class EmbeddedIndex(DocumentIndex):
 
         found = LOOP.run(search())
         scored = [(r["id"], 1.0 - float(r["_distance"])) for r in found]
-        return self._ranking(reader, cache, scored, documents)
+        return self._ranking(reader, cache, scored, documents, _row_ids(found))
 
     @reported
     def bm25(
@@ -771,12 +828,14 @@ class EmbeddedIndex(DocumentIndex):
             reader.query()
             .nearest_to_text(query_text, columns="text")
             .select(["id", "_score"])
+            .with_row_id()
             .limit(k)
         )
         if sql := self.sql(where):
             query = query.where(sql)  # a prefilter, as for knn
-        scored = [(r["id"], float(r["_score"])) for r in LOOP.run(query.to_list())]
-        return self._ranking(reader, cache, scored, documents)
+        found = LOOP.run(query.to_list())
+        scored = [(r["id"], float(r["_score"])) for r in found]
+        return self._ranking(reader, cache, scored, documents, _row_ids(found))
 
     def _ranking(
         self,
@@ -784,11 +843,13 @@ class EmbeddedIndex(DocumentIndex):
         cache: ReadCache,
         scored: list[tuple[str, float]],
         documents: bool,
+        row_ids: dict[str, int] | None = None,
     ) -> Ranking:
         """Best first, ties by id (LanceDB orders ties arbitrarily); the documents, when asked
         for, from the read cache or one read of those missing from it."""
         scored.sort(key=lambda pair: (-pair[1], pair[0]))
-        documents_ = self._get(reader, cache, [i for i, _ in scored]) if documents else {}
+        ids = [i for i, _ in scored]
+        documents_ = self._get(reader, cache, ids, row_ids=row_ids) if documents else {}
         return Ranking(scored, documents_)
 
     @reported
@@ -1005,9 +1066,17 @@ def _documents(table: pa.Table) -> dict[str, Cached]:
     it (views of the column's one buffer, no Python floats)."""
     vectors, missing = _vectors(table.column("embedding"))
     return {
-        row["id"]: (from_row(row, FIELDS), None if missing[n] else vectors[n])
+        row["id"]: (
+            json.loads(row.pop(SOURCE)) | from_row(row, FIELDS),
+            None if missing[n] else vectors[n],
+        )
         for n, row in enumerate(from_table(table.drop_columns(["embedding"])))
     }
+
+
+def _row_ids(found: list[dict[str, Any]]) -> dict[str, int]:
+    """A ranking's row ids by document id."""
+    return {r["id"]: r["_rowid"] for r in found}
 
 
 def _vectors(column: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
