@@ -19,7 +19,7 @@ from pipeline.document import AssetDocument, Label
 from pipeline.library import Library
 from pipeline.search import LabelFilter, Searcher, SearchRequest
 from pipeline.settings import Settings
-from pipeline.store.embedded import LOOP
+from pipeline.store.embedded import LOOP, SOURCE
 
 DIM = 16
 
@@ -389,3 +389,24 @@ def test_a_rankings_documents_are_taken_by_row_id_and_a_stale_row_id_reads_by_id
         got = index._get(reader, index._current(reader), ["id00001", "id00002"], row_ids=old_rows)
         assert got["id00001"].title == "changed"
         assert got["id00002"] == docs[2].model_copy(update={"embedding": None})
+
+
+def test_an_interrupted_upgrade_writes_the_rest_of_the_document_column_on_the_next_open(
+    tmp_path: Path,
+) -> None:
+    """Rows left without their ``document_json`` (an upgrade killed half-way) get it from
+    their field columns when the table is next opened, and read back whole."""
+    settings = Settings(home=tmp_path, read_cache_documents=0)
+    vecs = unit(np.random.default_rng(9).random((3, DIM)))
+    docs = [
+        make_doc(i, v, [Label(name="Dog", confidence=80.0)], title=f"d {i}")
+        for i, v in enumerate(vecs)
+    ]
+    with Library.open(settings) as library:
+        library.index("test@1").upsert(docs)
+        library.index("test@1").table.update(where="id = 'id00001'", values_sql={SOURCE: "NULL"})
+    with Library.open(settings) as library:
+        index = library.index("test@1")
+        assert index.table.count_rows(f"{SOURCE} IS NULL") == 0
+        got = index.get([d.id for d in docs])
+        assert got == {d.id: d.model_copy(update={"embedding": None}) for d in docs}
