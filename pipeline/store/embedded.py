@@ -8,10 +8,17 @@ Design notes (measured in ``../shared/notes/environment.md`` and ``benchmarks/``
 * Upserts use ``merge_insert("id")`` so re-ingesting never duplicates an id. Vectors are
   L2-normalised and searched with the cosine distance; ``score = 1 - distance``.
 * Below ``ann_min_rows`` rows there is no ANN index at all (exact search is fast there); above
-  it ``optimize()`` builds IVF_SQ (sqrt(n) partitions), queried with ``refine_factor`` and
-  ``nprobes_fraction`` of the partitions (at least ``nprobes``). A filtered search whose filter
-  passes at most ``exact_search_max_rows`` rows bypasses the ANN index and ranks them exactly,
-  as does one where the index found fewer than ``k``: a selective filter never loses recall.
+  it ``optimize()`` builds IVF_SQ with partitions of about ``ann_partition_rows`` rows, queried
+  with ``refine_factor`` and ``nprobes_fraction`` of the partitions (at least ``nprobes``).
+  The index is given a partition size, not a number of partitions: LanceDB's own index
+  maintenance (``Table.optimize``) splits partitions that grow past the size it was given and
+  joins smaller ones, and an index given only a number of partitions had them joined to about
+  30,000 rows each, so that probing 60 searched every row (54 ms a query at 1M rows, 10 ms
+  with partitions of 1,000; section 3 of ``docs/benchmarks.md``). The index's name records
+  that size (``embedding_ivf_1000``); an index of another size is built again. A filtered
+  search whose filter passes at most ``exact_search_max_rows`` rows bypasses the ANN index and
+  ranks them exactly, as does one where the index found fewer than ``k``: a very selective
+  filter never loses recall.
 * LanceDB filters cannot look inside a list of ``{name, confidence}`` structs, so every label is
   also a ``name:whole-percent`` keyword (``label_keys``). "Label X with confidence >= c" is
   ``array_has_any`` over the buckets above ``c``, plus the ids of the documents in ``c``'s own
@@ -598,19 +605,30 @@ class EmbeddedIndex(DocumentIndex):
         table = self.table
         if table is None or table.count_rows() == 0:
             return
-        indexed = {tuple(i.columns) for i in table.list_indices()}
-        missing = []
+        listed = table.list_indices()
+        indexed = {tuple(i.columns) for i in listed}
+        missing: list[tuple[str, Any, str | None]] = []
         if ("text",) not in indexed:
-            missing.append(("text", FTS(with_position=True)))
+            missing.append(("text", FTS(with_position=True), None))
         for spec in FIELDS:
             if spec.filterable and (spec.name,) not in indexed:
-                missing.append((spec.name, LabelList() if spec.kind == "keywords" else BTree()))
+                kind = LabelList() if spec.kind == "keywords" else BTree()
+                missing.append((spec.name, kind, None))
         rows = table.count_rows()
-        if ("embedding",) not in indexed and rows >= self.settings.ann_min_rows:
-            partitions = self._partitions(rows)
-            missing.append(("embedding", IvfSq(distance_type="cosine", num_partitions=partitions)))
-        for column, config in missing:
-            table.create_index(column, config=config)
+        ann = [i.name for i in listed if i.columns == ["embedding"]]
+        wanted = f"embedding_ivf_{self.settings.ann_partition_rows}"
+        if rows >= self.settings.ann_min_rows and wanted not in ann:
+            size = self.settings.ann_partition_rows
+            config = IvfSq(distance_type="cosine", target_partition_size=size)
+            missing.append(("embedding", config, wanted))
+        for column, config, name in missing:
+            table.create_index(column, config=config, name=name)
+        # The index of the wanted size replaces any other (LanceDB searches with the first it
+        # lists), including one a run killed between the two steps left.
+        if wanted in ann or any(name == wanted for _, _, name in missing):
+            for name in ann:
+                if name != wanted:
+                    table.drop_index(name)
         # Fold new rows into the indexes and compact the files, but only when something was
         # written or built (LanceDB writes a new version even when there is nothing to do).
         # Compaction matters for search, not only for disk: an IVF search with a filter over
@@ -620,10 +638,6 @@ class EmbeddedIndex(DocumentIndex):
             table.index_stats(i.name).num_unindexed_rows for i in table.list_indices()
         ):
             table.optimize(cleanup_older_than=timedelta(hours=1))
-
-    @staticmethod
-    def _partitions(rows: int) -> int:
-        return max(1, int(math.sqrt(rows)))
 
     # -- writes --------------------------------------------------------------------------------
 
@@ -807,9 +821,9 @@ class EmbeddedIndex(DocumentIndex):
             passing = await cache.count(reader, sql) if sql else rows
             if passing <= self.settings.exact_search_max_rows:
                 return await query.bypass_vector_index().to_list()
+            partitions = rows / self.settings.ann_partition_rows  # kept so by LanceDB
             probes = max(
-                self.settings.nprobes,
-                math.ceil(self.settings.nprobes_fraction * self._partitions(rows)),
+                self.settings.nprobes, math.ceil(self.settings.nprobes_fraction * partitions)
             )
             found = await query.nprobes(probes).refine_factor(self.settings.refine_factor).to_list()
             if len(found) < min(k, passing):
