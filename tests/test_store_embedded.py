@@ -85,7 +85,8 @@ def test_label_thresholds_with_decimals_are_exact_in_counts_too(library: Library
 
 def test_selective_filter_returns_k_hits_with_ann_index(tmp_path: Path) -> None:
     """3,000 rows with an IVF index; a filter passing 1 % must still return k exact hits,
-    both via the exact path and when forced through the ANN index."""
+    both via the exact path and when forced through the ANN index with one partition probed
+    (which holds about one passing row: the "fewer than k" fallback ranks them exactly)."""
     rng = np.random.default_rng(5)
     centres = unit(rng.normal(size=(8, DIM)))
     vecs = unit(centres[rng.integers(0, 8, 3000)] + 0.3 * rng.normal(size=(3000, DIM)))
@@ -99,7 +100,8 @@ def test_selective_filter_returns_k_hits_with_ann_index(tmp_path: Path) -> None:
             ann_min_rows=1000,
             ann_partition_rows=100,
             exact_search_max_rows=exact_max,
-            nprobes=15,  # of 30 partitions
+            nprobes=1,  # of 30 partitions
+            ann_candidates=1,  # probes no more for the filter's sake
             memory_search_max_rows=0,  # LanceDB's own search, not the in-memory one
         )
         with Library.open(settings) as library:
@@ -121,6 +123,50 @@ def test_selective_filter_returns_k_hits_with_ann_index(tmp_path: Path) -> None:
                 assert got == expected.tolist()
             else:
                 assert len(set(got) & set(expected.tolist())) >= 8
+
+
+def test_a_filtered_ann_search_probes_enough_partitions_to_keep_its_recall(
+    tmp_path: Path,
+) -> None:
+    """An IVF search with a filter only ranks the passing rows of the partitions it probes.
+    A filter passing 20 % of 3,000 rows returns k hits from one partition of 100 rows (so no
+    fallback), but the wrong ones; probing enough partitions to hold ``ann_candidates``
+    passing rows finds the true top 10."""
+    vecs = unit(np.random.default_rng(8).normal(size=(3000, DIM)))
+    docs = [
+        make_doc(i, v, [Label(name="Some" if i % 5 == 0 else "Other", confidence=90)])
+        for i, v in enumerate(vecs)
+    ]
+    some = np.arange(0, 3000, 5)
+    queries = unit(np.random.default_rng(9).normal(size=(10, DIM)))
+    recalls = {}
+    for candidates in (1, 2_000):
+        settings = Settings(
+            home=tmp_path / str(candidates),
+            ann_min_rows=1000,
+            ann_partition_rows=100,
+            exact_search_max_rows=0,  # always the ANN index
+            nprobes=1,
+            ann_candidates=candidates,
+            memory_search_max_rows=0,
+        )
+        with Library.open(settings) as library:
+            index = library.index("t@1")
+            index.upsert(docs)
+            index.optimize()
+            assert any(i.columns == ["embedding"] for i in index.table.list_indices())
+            found = []
+            for q in queries:
+                response = Searcher(index, settings).search(
+                    SearchRequest(vector=q.tolist(), k=10, labels_all=[LabelFilter(name="Some")])
+                )
+                assert len(response.hits) == 10
+                expected = some[np.argsort(-(vecs[some] @ q))[:10]]
+                got = {int(h.id[2:]) for h in response.hits}
+                found.append(len(got & set(expected.tolist())) / 10)
+            recalls[candidates] = float(np.mean(found))
+    assert recalls[1] < 0.5, recalls
+    assert recalls[2_000] >= 0.95, recalls
 
 
 def test_the_ann_index_keeps_its_partition_size_as_the_table_grows(tmp_path: Path) -> None:

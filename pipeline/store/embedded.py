@@ -9,7 +9,11 @@ Design notes (measured in ``../shared/notes/environment.md`` and ``benchmarks/``
   L2-normalised and searched with the cosine distance; ``score = 1 - distance``.
 * Below ``ann_min_rows`` rows there is no ANN index at all (exact search is fast there); above
   it ``optimize()`` builds IVF_SQ with partitions of about ``ann_partition_rows`` rows, queried
-  with ``refine_factor`` and ``nprobes_fraction`` of the partitions (at least ``nprobes``).
+  with ``refine_factor`` and enough partitions probed (at least ``nprobes``) to hold about
+  ``ann_candidates`` rows that pass the filter: a filter passing 1 % of a 1M-row table (10,000
+  rows) probes 500 of its 1,000 partitions, no filter 20. A filtered IVF search only finds what
+  passes in the partitions it probes; with a fixed 20 probes, recall@10 fell to about 0.75 at a
+  5 % filter on 100k rows and to 0.88 at 1 % on 1M.
   The index is given a partition size, not a number of partitions: LanceDB's own index
   maintenance (``Table.optimize``) splits partitions that grow past the size it was given and
   joins smaller ones, and an index given only a number of partitions had them joined to about
@@ -821,9 +825,13 @@ class EmbeddedIndex(DocumentIndex):
             passing = await cache.count(reader, sql) if sql else rows
             if passing <= self.settings.exact_search_max_rows:
                 return await query.bypass_vector_index().to_list()
-            partitions = rows / self.settings.ann_partition_rows  # kept so by LanceDB
+            # Enough partitions to hold about ``ann_candidates`` rows that pass, taking the
+            # filter's share of a partition to be its share of the table (LanceDB keeps the
+            # partitions at ``ann_partition_rows``): a selective filter probes more of them.
+            passing_per_partition = max(1, passing) * self.settings.ann_partition_rows / rows
             probes = max(
-                self.settings.nprobes, math.ceil(self.settings.nprobes_fraction * partitions)
+                self.settings.nprobes,
+                math.ceil(self.settings.ann_candidates / passing_per_partition),
             )
             found = await query.nprobes(probes).refine_factor(self.settings.refine_factor).to_list()
             if len(found) < min(k, passing):
