@@ -281,7 +281,9 @@ class Searcher:
             ranked = [(i, s, None, s) for i, s in found.scored]
             start = request.offset
         else:
-            ranked = self._hybrid(request, where, max(self.num_candidates, end + 1))
+            # A score threshold drops hits before the page is cut: then fill in every one.
+            shown = end if request.min_score is None else None
+            ranked = self._hybrid(request, where, max(self.num_candidates, end + 1), shown)
             start = request.offset
         if request.min_score is not None:
             ranked = [r for r in ranked if r[1] >= request.min_score]
@@ -361,25 +363,48 @@ class Searcher:
         return Ranking(sorted(best.items(), key=lambda pair: (-pair[1], pair[0]))[:k])
 
     def _hybrid(
-        self, request: SearchRequest, where: filters.Filter | None, window: int
+        self,
+        request: SearchRequest,
+        where: filters.Filter | None,
+        window: int,
+        shown: int | None,
     ) -> list[tuple[str, float, float | None, float | None]]:
-        """Fuse ``window`` candidates of each ranking; fill in each candidate's other score."""
+        """Fuse ``window`` candidates of each ranking, and fill in the score a candidate lacks
+        from the other ranking: for every candidate where linear fusion weighs both, only for
+        the first ``shown`` hits (all when ``None``) where RRF ranks by the rankings' ranks
+        alone. Filling in every candidate read about 100 documents with their vectors per
+        query to show 10 (docs/benchmarks.md, section 3)."""
         vector_leg = self._vector_ranking(request, where, window).scored
         text_leg = self.index.bm25(request.text or "", where, window).scored
         cosines = dict(vector_leg)
         bm25 = dict(text_leg)
-        candidates = list(dict.fromkeys([i for i, _ in vector_leg] + [i for i, _ in text_leg]))
-        if missing := [i for i in candidates if i not in cosines]:
+        if request.hybrid == "rrf":
+            fused = fuse(request, vector_leg, text_leg, cosines, bm25)
+            self._fill_in(request, where, [i for i, _ in fused[:shown]], cosines, bm25)
+        else:
+            candidates = list(dict.fromkeys([i for i, _ in vector_leg + text_leg]))
+            self._fill_in(request, where, candidates, cosines, bm25)
+            fused = fuse(request, vector_leg, text_leg, cosines, bm25)
+        return [(i, score, cosines.get(i), bm25.get(i)) for i, score in fused]
+
+    def _fill_in(
+        self,
+        request: SearchRequest,
+        where: filters.Filter | None,
+        ids: list[str],
+        cosines: dict[str, float],
+        bm25: dict[str, float],
+    ) -> None:
+        """Add the cosines and BM25 scores of ``ids`` that the rankings did not return."""
+        if missing := [i for i in ids if i not in cosines]:
             docs = self.index.get(
                 missing, with_embedding=True, with_regions=ranks_library_regions(request)
             )
             cosines |= {i: similarity(request, d)[0] for i, d in docs.items() if d.embedding}
-        if missing := [i for i in candidates if i not in bm25]:
+        if missing := [i for i in ids if i not in bm25]:
             only = filters.Term("id", tuple(missing))
             scoped = only if where is None else filters.And((where, only))
             bm25 |= dict(self.index.bm25(request.text or "", scoped, len(missing)).scored)
-        fused = fuse(request, vector_leg, text_leg, cosines, bm25)
-        return [(i, score, cosines.get(i), bm25.get(i)) for i, score in fused]
 
 
 def ranks_library_regions(request: SearchRequest) -> bool:
