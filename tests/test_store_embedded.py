@@ -21,7 +21,7 @@ from pipeline.document import AssetDocument, Label
 from pipeline.library import Library
 from pipeline.search import LabelFilter, Searcher, SearchRequest
 from pipeline.settings import Settings
-from pipeline.store.embedded import LOOP, SOURCE
+from pipeline.store.embedded import LOOP, SOURCE, SOURCE_COMPLETE
 
 DIM = 16
 
@@ -482,11 +482,34 @@ def test_a_rankings_documents_are_taken_by_row_id_and_a_stale_row_id_reads_by_id
         assert got["id00002"] == docs[2].model_copy(update={"embedding": None})
 
 
+def test_two_opens_racing_to_mark_the_document_column_complete_both_succeed(
+    tmp_path: Path,
+) -> None:
+    """Two processes opening a table whose document column is not yet marked complete both
+    write the mark; Lance refuses the second metadata update as incompatible with the first,
+    and that open must go on (the mark it wanted is there)."""
+    settings = Settings(home=tmp_path)
+    vecs = unit(np.random.default_rng(4).random((2, DIM)))
+    with Library.open(settings) as library:
+        index = library.index("test@1")
+        index.upsert([make_doc(i, v) for i, v in enumerate(vecs)])
+        unmarked = dict.fromkeys(SOURCE_COMPLETE)
+        index.table.update_field_metadata({"path": SOURCE, "metadata": unmarked})
+        uri = index.backend.db.uri  # one connection each, as two processes have
+        first, second = (lancedb.connect(uri).open_table(index.name) for _ in range(2))
+        index._add_source(first)
+        assert first.schema.field(SOURCE).metadata
+        index._add_source(second)  # its handle still sees the unmarked version
+        assert second.schema.field(SOURCE).metadata
+
+
 def test_an_interrupted_upgrade_writes_the_rest_of_the_document_column_on_the_next_open(
     tmp_path: Path,
 ) -> None:
-    """Rows left without their ``document_json`` (an upgrade killed half-way) get it from
-    their field columns when the table is next opened, and read back whole."""
+    """Rows left without their ``document_json`` (an upgrade killed half-way: some rows
+    without it, and the column not yet marked complete) get it from their field columns when
+    the table is next opened, and read back whole. Then the column is marked complete, and
+    later opens neither count nor write anything."""
     settings = Settings(home=tmp_path, read_cache_documents=0)
     vecs = unit(np.random.default_rng(9).random((3, DIM)))
     docs = [
@@ -495,9 +518,18 @@ def test_an_interrupted_upgrade_writes_the_rest_of_the_document_column_on_the_ne
     ]
     with Library.open(settings) as library:
         library.index("test@1").upsert(docs)
-        library.index("test@1").table.update(where="id = 'id00001'", values_sql={SOURCE: "NULL"})
+        table = library.index("test@1").table
+        table.update(where="id = 'id00001'", values_sql={SOURCE: "NULL"})
+        unmarked = dict.fromkeys(SOURCE_COMPLETE)  # None deletes a key
+        table.update_field_metadata({"path": SOURCE, "metadata": unmarked})
+        assert not table.schema.field(SOURCE).metadata
     with Library.open(settings) as library:
         index = library.index("test@1")
         assert index.table.count_rows(f"{SOURCE} IS NULL") == 0
         got = index.get([d.id for d in docs])
         assert got == {d.id: d.model_copy(update={"embedding": None}) for d in docs}
+        metadata = index.table.schema.field(SOURCE).metadata
+        assert {k.decode(): v.decode() for k, v in metadata.items()} == SOURCE_COMPLETE
+        version = index.table.version
+    with Library.open(settings) as library:
+        assert library.index("test@1").table.version == version
