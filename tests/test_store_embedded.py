@@ -517,8 +517,10 @@ def test_an_interrupted_upgrade_writes_the_rest_of_the_document_column_on_the_ne
         for i, v in enumerate(vecs)
     ]
     with Library.open(settings) as library:
-        library.index("test@1").upsert(docs)
-        table = library.index("test@1").table
+        created = library.index("test@1")
+        created.upsert(docs)
+        table = created.table
+        assert table.schema.field(SOURCE).metadata, "a new table's column is complete"
         table.update(where="id = 'id00001'", values_sql={SOURCE: "NULL"})
         unmarked = dict.fromkeys(SOURCE_COMPLETE)  # None deletes a key
         table.update_field_metadata({"path": SOURCE, "metadata": unmarked})

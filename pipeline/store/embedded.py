@@ -172,8 +172,10 @@ def arrow_schema(fields: Sequence[FieldSpec], dim: int | None = None) -> pa.Sche
 
 
 def asset_schema(dim: int) -> pa.Schema:
-    """The Arrow schema of an asset table: its fields' columns and :data:`SOURCE`."""
-    return arrow_schema(FIELDS, dim).append(pa.field(SOURCE, pa.string()))
+    """The Arrow schema of an asset table: its fields' columns and :data:`SOURCE` (marked
+    complete: a new table's every row is written with it)."""
+    source = pa.field(SOURCE, pa.string(), metadata=SOURCE_COMPLETE)
+    return arrow_schema(FIELDS, dim).append(source)
 
 
 _to_json = json.JSONEncoder(sort_keys=True, default=str).encode
