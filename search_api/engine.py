@@ -66,7 +66,8 @@ class SearchEngine:
         self._checked_at = -math.inf
 
     def start(self) -> Backend:
-        """Open the active index and load its model (at start-up, so the first query is fast)."""
+        """Open the active index, load its vector index and its model (at start-up, so the first
+        query is fast)."""
         with self._lock:
             self._backend = self._open()
             return self._backend
@@ -132,6 +133,9 @@ class SearchEngine:
             self._library = Library.open(self.settings)
         searcher = self._library.searcher()
         model_id = searcher.index.model_id
+        started = time.perf_counter()
+        searcher.index.warm()  # the first searches as fast as the rest
+        log.info("loaded the index of %s in %.1f s", model_id, time.perf_counter() - started)
         # The process-wide embedder cache: a model is loaded once however many apps use it.
         embedder = get_embedder(model_id)
         if embedder.model_id != model_id:

@@ -47,7 +47,7 @@ from pipeline.store.cluster import (
 from pipeline.store.embedded import (
     _documents,
     arrow_schema,
-    asset_row,
+    asset_rows,
     asset_schema,
     table_name,
     to_table,
@@ -164,7 +164,7 @@ def test_region_vectors_round_trip_as_numpy_and_travel_as_json_lists() -> None:
     docs = [_doc("a", np.full(4, 0.5), regions=regions), _doc("b", np.full(4, 0.25))]
     assert docs[0].regions[1].embedding.dtype == np.float32
     schema = asset_schema(dim=4)
-    table = to_table([asset_row(d) for d in docs], schema)
+    table = to_table(asset_rows(docs), schema)
     assert table.schema == schema and table.column("regions").to_pylist()[1] == []
     back = [
         AssetDocument.model_validate(fields | {"embedding": vector.tolist()})

@@ -35,7 +35,7 @@ from pipeline.settings import Settings
 from pipeline.store.base import BulkWriteError, DocumentIndex
 from pipeline.store.cluster import FIELDS as CLUSTER_FIELDS
 from pipeline.store.cluster import create_body, log_templates, plain_body, runs_index, to_source
-from pipeline.store.embedded import FIELDS, arrow_schema, asset_schema, to_row
+from pipeline.store.embedded import FIELDS, arrow_schema, asset_schema, to_rows
 
 REPO = Path(__file__).resolve().parents[1]
 KINDS = ["embedded", "opensearch", "elasticsearch"]
@@ -697,7 +697,7 @@ def test_an_index_from_before_regions_and_tags_takes_documents_with_them(
         )
         if store_kind == "embedded":
             schema = arrow_schema(before, dim).with_metadata({"model_id": model_id})
-            rows = [to_row(old.model_copy(update={"regions": []}), before)]
+            rows = to_rows([old.model_copy(update={"regions": []})], before)
             backend.db.create_table(index.name, data=rows, schema=schema)
         else:
             drop = lambda: backend.client.indices.delete(index=index.name, ignore=[404])  # noqa: E731

@@ -6,8 +6,10 @@ by Lookalike 0.1. What every store must do is in test_store_contract.py."""
 
 from __future__ import annotations
 
+import gc
 import json
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -21,7 +23,7 @@ from pipeline.document import AssetDocument, Label
 from pipeline.library import Library
 from pipeline.search import LabelFilter, Searcher, SearchRequest
 from pipeline.settings import Settings
-from pipeline.store.embedded import LOOP, SOURCE, SOURCE_COMPLETE
+from pipeline.store.embedded import LOOP, SOURCE, SOURCE_COMPLETE, _collector_paused
 
 DIM = 16
 
@@ -535,3 +537,67 @@ def test_an_interrupted_upgrade_writes_the_rest_of_the_document_column_on_the_ne
         version = index.table.version
     with Library.open(settings) as library:
         assert library.index("test@1").table.version == version
+
+
+def test_building_rows_pauses_the_cycle_collector_and_leaves_it_as_it_was() -> None:
+    """Rows are built with the collector off (it was half their cost), and it is back on after,
+    an error included; a caller that had turned it off finds it still off."""
+    assert gc.isenabled()
+    with pytest.raises(KeyError), _collector_paused():
+        assert not gc.isenabled()
+        raise KeyError("a failed conversion")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with _collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+
+
+def test_warm_loads_the_vector_index_and_loads_it_again_after_a_write_rebuilt_it(
+    tmp_path: Path,
+) -> None:
+    """What the search API calls once it opened an index: the IVF index is in LanceDB's cache
+    before any search, searches answer as without it, and once warmed the index reloads
+    (in the background) what a later write and optimize rebuilt, on the first read that sees
+    the new version."""
+    rng = np.random.default_rng(11)
+    vecs = unit(rng.normal(size=(3000, 256)))  # an index that outweighs the file metadata
+    docs = [make_doc(i, v, [Label(name="Common", confidence=90)]) for i, v in enumerate(vecs)]
+    settings = Settings(
+        home=tmp_path,
+        ann_min_rows=1000,
+        ann_partition_rows=100,
+        exact_search_max_rows=0,
+        memory_search_max_rows=0,
+        read_cache_documents=0,
+    )
+    request = SearchRequest(vector=vecs[7].tolist(), k=5)
+    with Library.open(settings) as library:
+        index = library.index("t@1")
+        index.warm()  # nothing written yet: nothing to load, and no error
+        index.upsert(docs[:2000])
+        index.optimize()
+        cold = Searcher(index, settings).search(request)
+    with Library.open(settings) as library:
+        index = library.index("t@1")
+        session = library.backend.session
+        before = session.size_bytes
+        index.warm()
+        loaded = session.size_bytes
+        assert loaded - before >= 2000 * 256  # the index's codes: a byte a dimension a row
+        warm = Searcher(index, settings).search(request)
+        assert [h.id for h in warm.hits] == [h.id for h in cold.hits]
+        with Library.open(settings) as writer:  # another process's ingest
+            writer.index("t@1").upsert(docs[2000:])
+            writer.index("t@1").optimize()
+        assert index.count() == 3000  # a read that sees the new version, and no search
+        # The rows the write added are a new part of the index (a quarter of its size or more;
+        # reading the new version's file metadata adds a tenth).
+        wanted = loaded + (loaded - before) / 4
+        deadline = time.monotonic() + 30
+        while session.size_bytes < wanted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert session.size_bytes >= wanted

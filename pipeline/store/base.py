@@ -164,6 +164,12 @@ class DocumentIndex(ABC):
         """Build or refresh the search structures after a large write (and repair what an
         interrupted run left unbuilt); cheap when there is nothing to do."""
 
+    def warm(self) -> None:  # noqa: B027 - a no-op where the server keeps its index loaded
+        """Load the vector index into memory now, and again whenever a write replaces it, so
+        that the first searches of a serving process are as fast as the rest (the search API
+        calls this once it has opened the index). A one-off search (the CLI) does not call it:
+        it would load the whole index to read a few partitions of it."""
+
     # -- writes ------------------------------------------------------------------------------
 
     @abstractmethod

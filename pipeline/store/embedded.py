@@ -59,7 +59,9 @@ Design notes (measured in ``../shared/notes/environment.md`` and ``benchmarks/``
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import gc
 import json
 import logging
 import math
@@ -183,27 +185,53 @@ _to_json = json.JSONEncoder(sort_keys=True, default=str).encode
 (4 of the 7 us a small value took)."""
 
 
-def to_row(record: BaseModel, fields: Sequence[FieldSpec]) -> dict[str, Any]:
-    """One table row: the record's fields as the schema types them, plus the derived ones.
-    A vector is taken as the record holds it, not dumped: a copy of its floats per row was
-    about a fifth of a bulk write's time (docs/benchmarks.md, section 3)."""
+@contextmanager
+def _collector_paused() -> Iterator[None]:
+    """Python's cycle collector paused, while rows are built: rows hold no reference cycles,
+    and its passes over the new rows and dumps took half the time of building 10k rows (0.42
+    against 0.19 s, docs/benchmarks.md section 3). Cycles other threads make meanwhile are
+    collected once it runs again; a collector that was already off stays off."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def to_rows(records: Sequence[BaseModel], fields: Sequence[FieldSpec]) -> list[dict[str, Any]]:
+    """Table rows: each record's fields as the schema types them, plus the derived ones.
+    What to do with each field is worked out once per call, not once per row (0.44 against
+    0.38 s for 10k rows, docs/benchmarks.md section 3). A vector is taken as the
+    record holds it, not dumped: a copy of its floats per row was about a fifth of a bulk
+    write's time."""
+    special = ("vector", "json", "date", "regions")  # converted, or taken as they are
     dumped = {spec.name for spec in fields if spec.stored and spec.kind != "vector"}
-    values = record.model_dump(include=dumped)
-    row = {}
-    for spec in fields:
-        if spec.kind == "vector":
-            value = getattr(record, spec.name)
-        else:
-            value = spec.derive(record) if spec.derive else values.get(spec.name)
-        if spec.kind == "json":
-            value = _to_json(value)
-        elif spec.kind == "date" and value is not None:
-            value = value.astimezone(UTC)
-        elif spec.kind == "regions":
-            row[REGION_BOXES] = [region["box"] for region in value]
-            value = [region["embedding"] for region in value]
-        row[spec.name] = value
-    return row
+    plain = [s.name for s in fields if s.stored and s.kind not in special]
+    derived = [(s.name, s.derive) for s in fields if s.derive and s.kind not in special]
+    vectors = [s.name for s in fields if s.kind == "vector"]
+    json_fields = [(s.name, s.derive) for s in fields if s.kind == "json"]
+    dates = [(s.name, s.derive) for s in fields if s.kind == "date"]
+    regions = [s.name for s in fields if s.kind == "regions"]
+    rows = []
+    with _collector_paused():
+        for record in records:
+            values = record.model_dump(include=dumped)
+            row = {name: values.get(name) for name in plain}
+            row.update((name, getattr(record, name)) for name in vectors)
+            row.update((name, derive(record)) for name, derive in derived)
+            for name, derive in json_fields:
+                row[name] = _to_json(derive(record) if derive else values.get(name))
+            for name, derive in dates:
+                value = derive(record) if derive else values.get(name)
+                row[name] = None if value is None else value.astimezone(UTC)
+            for name in regions:
+                value = values.get(name) or []
+                row[REGION_BOXES] = [region["box"] for region in value]
+                row[name] = [region["embedding"] for region in value]
+            rows.append(row)
+    return rows
 
 
 def source(doc: AssetDocument) -> str:
@@ -212,13 +240,17 @@ def source(doc: AssetDocument) -> str:
     return doc.model_dump_json(include=SOURCE_FIELDS)
 
 
-def asset_row(doc: AssetDocument) -> dict[str, Any]:
-    """One row of an asset table (:func:`asset_schema`)."""
-    return to_row(doc, FIELDS) | {SOURCE: source(doc)}
+def asset_rows(docs: Sequence[AssetDocument]) -> list[dict[str, Any]]:
+    """Rows of an asset table (:func:`asset_schema`)."""
+    with _collector_paused():
+        rows = to_rows(docs, FIELDS)
+        for row, doc in zip(rows, docs, strict=True):
+            row[SOURCE] = source(doc)
+    return rows
 
 
 def to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
-    """Rows of :func:`to_row` as an Arrow table of ``schema``. Region vectors (numpy, a
+    """Rows of :func:`to_rows` as an Arrow table of ``schema``. Region vectors (numpy, a
     ``(regions, dim)`` stack per row) go in as one numpy buffer: Arrow's conversion of their
     37,000 Python floats per asset took 9 ms, more than the model (docs/benchmarks.md,
     section 8)."""
@@ -308,9 +340,12 @@ class EmbeddedBackend(Backend):
         # Interval 0: every query sees the latest committed version, so a long-running API
         # process notices ingests made by the CLI or Airflow without a restart.
         fresh = timedelta(0)
-        self.db = lancedb.connect(settings.store_dir, read_consistency_interval=fresh)
+        # One cache of indexes and file metadata for both connections (each would make its own).
+        self.session = lancedb.Session()
+        where = settings.store_dir
+        self.db = lancedb.connect(where, read_consistency_interval=fresh, session=self.session)
         self.reads = LOOP.run(
-            lancedb.connect_async(settings.store_dir, read_consistency_interval=fresh)
+            lancedb.connect_async(where, read_consistency_interval=fresh, session=self.session)
         )
         self.catalogue = EmbeddedCatalogue(self)
         self.quarantine = EmbeddedQuarantine(self)
@@ -501,6 +536,7 @@ class EmbeddedIndex(DocumentIndex):
         self._table: lancedb.table.Table | None = None
         self._reader: AsyncTable | None = None
         self._cache: ReadCache | None = None
+        self._warm = False  # whether to load the vector index on each new version (``warm``)
         self._pinned = threading.local()  # the read cache a ``snapshot`` holds, per thread
 
     @property
@@ -549,7 +585,30 @@ class EmbeddedIndex(DocumentIndex):
         cache = self._cache
         if cache is None or cache.version != version:
             cache = self._cache = ReadCache(version, self.settings.read_cache_documents)
+            if self._warm:  # in the background: this read goes on meanwhile
+                asyncio.run_coroutine_threadsafe(self._prewarm(reader), LOOP.loop)
         return cache
+
+    @reported
+    def warm(self) -> None:
+        reader = self.reader
+        if reader is not None:
+            LOOP.run(self._prewarm(reader))
+        self._warm = True
+
+    async def _prewarm(self, reader: AsyncTable) -> None:
+        """Load the IVF index into LanceDB's index cache: a process otherwise loads it a
+        partition at a time on the searches that first touch them (at 1M rows, 0.9 s of this
+        took the first unfiltered searches' p50 from 35 to 21 ms, and a 1 % filter's p99 from
+        448 to 63 ms; docs/benchmarks.md section 3). LanceDB skips what its cache holds (a
+        second call took 4 ms at 1M), so calling it on every new version only loads what a
+        write rebuilt."""
+        try:
+            for index in await reader.list_indices():
+                if index.columns == ["embedding"]:
+                    await reader.prewarm_index(index.name)
+        except (OSError, RuntimeError) as exc:  # searches still work, and load it themselves
+            log.warning("cannot load the vector index of %s ahead of searches: %s", self.name, exc)
 
     def _add_missing(self, table: lancedb.table.Table) -> None:
         """Tables written by an earlier version lack the columns of later fields (regions,
@@ -685,7 +744,7 @@ class EmbeddedIndex(DocumentIndex):
         dim = self._table.schema.field("embedding").type.list_size
         good = [d for d in docs if len(d.embedding or ()) == dim]
         if good:
-            rows = [asset_row(d) for d in good]
+            rows = asset_rows(good)
             _merge(self._table, to_table(rows, self._table.schema))
         if len(good) < len(docs):  # refused per document, as a cluster's mapping does
             raise BulkWriteError(
@@ -715,7 +774,7 @@ class EmbeddedIndex(DocumentIndex):
         # 5,000-document backfill, 1.2 s at its end; 0.12-0.14 s throughout when optimized,
         # docs/benchmarks.md section 7).
         schema = pa.schema([self._table.schema.field(f.name) for f in TAG_UPDATE])
-        rows = pa.Table.from_pylist([to_row(d, TAG_UPDATE) for d in docs], schema=schema)
+        rows = pa.Table.from_pylist(to_rows(docs, TAG_UPDATE), schema=schema)
         _update(self._table, rows)
         self.optimize()
         return len(docs)
@@ -998,7 +1057,7 @@ class EmbeddedQuarantine(QuarantineLog):
     @reported
     def add(self, records: Sequence[QuarantineRecord]) -> None:
         if records:
-            rows = [to_row(r, QUARANTINE_FIELDS) for r in records]
+            rows = to_rows(records, QUARANTINE_FIELDS)
             _merge(self.table, pa.Table.from_pylist(rows, schema=self.table.schema))
 
     @reported
@@ -1026,13 +1085,13 @@ class EmbeddedRunLog(RunLog):
             backend.db.drop_table(name)
         self.table = backend.open_or_create(name, arrow_schema(RUN_FIELDS))
         if legacy:
-            rows = [to_row(entry, RUN_FIELDS) for entry in legacy]
+            rows = to_rows(legacy, RUN_FIELDS)
             _merge(self.table, pa.Table.from_pylist(rows, schema=self.table.schema), "run_id")
 
     @reported
     def record(self, entry: IngestSummary | AliasSwitch) -> None:
-        row = to_row(entry, RUN_FIELDS)
-        _merge(self.table, pa.Table.from_pylist([row], schema=self.table.schema), key="run_id")
+        rows = to_rows([entry], RUN_FIELDS)
+        _merge(self.table, pa.Table.from_pylist(rows, schema=self.table.schema), key="run_id")
 
     def _recent(self, kind: str, limit: int) -> list[dict[str, Any]]:
         rows = self.table.search().where(f"kind = '{kind}'").limit(None).to_arrow().to_pylist()
@@ -1058,7 +1117,7 @@ class EmbeddedJudgements(JudgementLog):
     def add(self, judgements: Sequence[Judgement]) -> None:
         if judgements:
             latest = {j.id: j for j in judgements}  # one row per key in a merge
-            rows = [to_row(j, JUDGEMENT_FIELDS) for j in latest.values()]
+            rows = to_rows(list(latest.values()), JUDGEMENT_FIELDS)
             _merge(self.table, pa.Table.from_pylist(rows, schema=self.table.schema))
 
     @reported
