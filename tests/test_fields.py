@@ -58,6 +58,14 @@ REPO = Path(__file__).resolve().parents[1]
 MAPPINGS = REPO / "mappings"
 
 
+# Each field table with the records whose rows it holds.
+RECORD_TABLES = (
+    (ASSET_FIELDS, AssetDocument),
+    (QUARANTINE_FIELDS, QuarantineRecord),
+    (RUN_FIELDS, IngestSummary, AliasSwitch),
+)
+
+
 def default_settings() -> Settings:
     """The defaults, whatever LOOKALIKE_* variables the environment sets."""
     return Settings.model_construct()
@@ -65,11 +73,7 @@ def default_settings() -> Settings:
 
 def test_the_tables_cover_the_records_exactly() -> None:
     """Every field of a record is in its table, and nothing else but derived fields."""
-    for fields, *models in (
-        (ASSET_FIELDS, AssetDocument),
-        (QUARANTINE_FIELDS, QuarantineRecord),
-        (RUN_FIELDS, IngestSummary, AliasSwitch),
-    ):
+    for fields, *models in RECORD_TABLES:
         stored = {f.name for f in fields if f.stored}
         assert stored == set().union(*(m.model_fields for m in models)), models
 
@@ -77,11 +81,7 @@ def test_the_tables_cover_the_records_exactly() -> None:
 def test_empty_json_values_are_stored_as_null_and_read_back_as_the_default() -> None:
     """The embedded store writes NULL for an empty JSON value (pages of identical ``"{}"``
     made reads by row id twice as slow), so every JSON field's default must be empty."""
-    for fields, *models in (
-        (ASSET_FIELDS, AssetDocument),
-        (QUARANTINE_FIELDS, QuarantineRecord),
-        (RUN_FIELDS, IngestSummary, AliasSwitch),
-    ):
+    for fields, *models in RECORD_TABLES:
         for spec in (f for f in fields if f.kind == "json"):
             for model in models:
                 if spec.name in model.model_fields:
